@@ -123,7 +123,13 @@ def parse_yolo_label(text: str, source: str, log: ProblemLog | None = None) -> n
     Malformed lines are recorded in ``log`` (and skipped) or, without a log, raise
     ``ValueError`` naming the file and line. Segment lines (class + polygon) become boxes.
     """
-    rows = []
+    return parse_yolo_lines(text, source, log)[0]
+
+
+def parse_yolo_lines(text: str, source: str,
+                     log: ProblemLog | None = None) -> tuple[np.ndarray, list[int]]:
+    """:func:`parse_yolo_label` plus the 1-based line number of each returned row."""
+    rows, linenos = [], []
     for lineno, line in enumerate(text.splitlines(), 1):
         parts = line.split()
         if not parts:
@@ -147,7 +153,8 @@ def parse_yolo_label(text: str, source: str, log: ProblemLog | None = None) -> n
             x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
             vals = [vals[0], (x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1]
         rows.append(vals)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 5)
+        linenos.append(lineno)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 5), linenos
 
 
 # ----------------------------------------------------------------------------- writing
