@@ -1,0 +1,10 @@
+"""Extra CLI subcommands (train, predict, evaluate, ...), each a function adding a subparser.
+
+Kept apart from :mod:`workbench.cli` so the core commands never import torch or ultralytics.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
