@@ -1,0 +1,261 @@
+"""Predict boxes with a trained detector into the project's prediction table.
+
+The table has one row per box: ``image`` (image id of a canonical dataset, else the file
+stem or the name given), ``x1 y1 x2 y2`` (pixels of the original image), ``class`` (name),
+``score``. An image without detections has no rows.
+
+Colour order: ultralytics reads NumPy arrays as BGR (OpenCV order). Files are handed to
+ultralytics as paths; arrays given here are RGB (as PIL, scikit-image and
+:func:`workbench.images.read_image` return them) and are flipped before prediction.
+Images that OpenCV would not read faithfully (16-bit, float, >4 channels) are decoded and
+mapped to 8-bit here with the normalisation of the run's training dataset.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from .atomic import write_text
+from .canonical import SPLITS, read_meta
+from .device import pick_device
+from .images import Normalisation, is_image_file, read_image, to_uint8
+from .runs import read_run_record, run_weights
+
+COLUMNS = ["image", "x1", "y1", "x2", "y2", "class", "score"]
+# PIL modes OpenCV decodes to the same 8-bit pixels: such files go to ultralytics as paths.
+_CV2_SAFE_MODES = {"1", "L", "P", "RGB", "RGBA", "LA", "PA"}
+_CV2_SAFE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+Source = str | Path | Sequence[str | Path] | Mapping[str, "np.ndarray | str | Path"]
+
+
+def predict(model: Any, source: Source, *, split: str | None = None, conf: float = 0.25,
+            iou: float = 0.7, imgsz: int | None = None, device: str | None = None,
+            max_det: int | None = None, batch: int = 8) -> pd.DataFrame:
+    """Run a detector over ``source`` and return the prediction table.
+
+    ``model``: a run folder, a weights file, or a loaded ``ultralytics.YOLO``.
+    ``source``: a canonical dataset folder (images by meta id; ``split`` selects one split),
+    a folder of images, one image file, a list of image files, or a mapping
+    ``name -> RGB array | path``. ``imgsz`` and ``max_det`` default to the run's training
+    values (else 640 and 300). ``conf`` is the score threshold (use ~0.001 for mAP).
+    """
+    if not 0 <= conf <= 1 or not 0 < iou <= 1:
+        raise ValueError(f"need 0 <= conf <= 1 and 0 < iou <= 1, got conf={conf}, iou={iou}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
+    yolo, record = _load(model)
+    config = (record or {}).get("config", {})
+    imgsz = int(imgsz or config.get("imgsz") or 640)
+    max_det = int(max_det or config.get("max_det") or 300)
+    norm = _normalisation(record)
+    items = image_items(source, split=split)
+    kwargs = dict(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, device=pick_device(device),
+                  verbose=False, save=False)
+    names = yolo.names
+    parts = []
+    for start in range(0, len(items), batch):
+        chunk = items[start:start + batch]
+        prepared = [(name, _prepare(item, norm)) for name, item in chunk]
+        # ultralytics takes a list of paths or a list of arrays, not a mix
+        for group in ([p for p in prepared if isinstance(p[1], str)],
+                      [p for p in prepared if not isinstance(p[1], str)]):
+            if group:
+                results = yolo.predict([src for _, src in group], batch=len(group), **kwargs)
+                parts += [_rows(name, r, names) for (name, _), r in zip(group, results)]
+    order = {name: k for k, (name, _) in enumerate(items)}
+    table = pd.concat([empty_table(), *parts], ignore_index=True) if parts else empty_table()
+    table = table.astype({"image": str, "class": str, "x1": float, "y1": float, "x2": float,
+                          "y2": float, "score": float})
+    key = table["image"].map(order)
+    return (table.assign(_k=key).sort_values(["_k", "score"], ascending=[True, False], kind="stable")
+            .drop(columns="_k").reset_index(drop=True))
+
+
+def empty_table() -> pd.DataFrame:
+    return pd.DataFrame({"image": pd.Series(dtype=str), **{c: pd.Series(dtype=float) for c in COLUMNS[1:5]},
+                         "class": pd.Series(dtype=str), "score": pd.Series(dtype=float)})
+
+
+def image_items(source: Source, *, split: str | None = None) -> list[tuple[str, Path | np.ndarray]]:
+    """``(image name, path or RGB array)`` for every image of ``source`` (see :func:`predict`)."""
+    if isinstance(source, Mapping):
+        if split is not None:
+            raise ValueError("split= applies to a canonical dataset source only")
+        out = []
+        for name, item in source.items():
+            if isinstance(item, np.ndarray):
+                out.append((str(name), item))
+            else:
+                out.append((str(name), _existing_image(item)))
+        return out
+    if isinstance(source, (str, Path)):
+        path = Path(source).expanduser()
+        if path.is_dir() and (path / "meta.csv").is_file():
+            return _dataset_items(path, split)
+        if split is not None:
+            raise ValueError(f"{source}: split= needs a canonical dataset folder (no meta.csv here)")
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+            if not files:
+                raise ValueError(f"{source}: folder has no image files")
+            return _by_stem(files)
+        return _by_stem([_existing_image(path)])
+    if isinstance(source, Iterable):
+        if split is not None:
+            raise ValueError("split= applies to a canonical dataset source only")
+        files = [_existing_image(p) for p in source]
+        if not files:
+            raise ValueError("no images given")
+        return _by_stem(files)
+    raise TypeError(f"unsupported source type {type(source).__name__}")
+
+
+def _dataset_items(root: Path, split: str | None) -> list[tuple[str, Path]]:
+    meta = read_meta(root)
+    if split is not None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        meta = meta[meta["split"] == split]
+        if meta.empty:
+            raise ValueError(f"{root}: no images in split {split!r}")
+    items = []
+    for image_id, file in meta[["image_id", "file"]].itertuples(index=False):
+        path = root / file
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: image listed in {root / 'meta.csv'} is missing")
+        items.append((str(image_id), path))
+    return items
+
+
+def _existing_image(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    return p
+
+
+def _by_stem(files: list[Path]) -> list[tuple[str, Path]]:
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise ValueError(f"two images share the name {f.stem!r}: {seen[f.stem]} and {f}; "
+                             "give a mapping name -> file instead")
+        seen[f.stem] = f
+    return list(seen.items())
+
+
+def _prepare(item: Path | np.ndarray, norm: Normalisation) -> str | np.ndarray:
+    """A path ultralytics reads faithfully, else a contiguous 8-bit BGR array."""
+    if isinstance(item, Path):
+        if item.suffix.lower() in _CV2_SAFE_SUFFIXES:
+            try:
+                with Image.open(item) as im:
+                    mode, frames = im.mode, getattr(im, "n_frames", 1)
+            except Exception:
+                mode, frames = "", 1  # let read_image report the problem with the file name
+            if mode in _CV2_SAFE_MODES and frames == 1:
+                return str(item)
+        arr, _ = read_image(item)
+    else:
+        arr = item
+    arr8, _ = to_uint8(arr, norm)
+    if arr8.ndim == 2:
+        arr8 = np.repeat(arr8[..., None], 3, axis=2)
+    if arr8.ndim != 3 or arr8.shape[2] != 3:
+        raise ValueError(f"image array of shape {arr.shape}: expected (H, W), (H, W, 3) or (H, W, 4)")
+    return np.ascontiguousarray(arr8[..., ::-1])  # RGB -> BGR for ultralytics
+
+
+def _rows(name: str, result, names: Mapping[int, str]) -> pd.DataFrame:
+    boxes = result.boxes
+    xyxy = boxes.xyxy.cpu().numpy().reshape(-1, 4).astype(float)
+    cls = boxes.cls.cpu().numpy().astype(int)
+    return pd.DataFrame({"image": [name] * len(xyxy), "x1": xyxy[:, 0], "y1": xyxy[:, 1],
+                         "x2": xyxy[:, 2], "y2": xyxy[:, 3],
+                         "class": [str(names[int(c)]) for c in cls],
+                         "score": boxes.conf.cpu().numpy().astype(float)})
+
+
+def _load(model: Any) -> tuple[Any, dict[str, Any] | None]:
+    """(YOLO, run record or None) for a run folder, a weights file or a loaded model."""
+    if hasattr(model, "predict") and hasattr(model, "names"):
+        return model, None
+    from .yolo import load_model
+
+    path = Path(model).expanduser()
+    record = None
+    if path.is_dir():
+        record = read_run_record(path)
+        weights = run_weights(path)
+    elif path.is_file():
+        weights = path
+        run_dir = path.parent.parent  # <run>/weights/best.pt
+        if (run_dir / "run.json").is_file():
+            record = read_run_record(run_dir)
+    else:
+        raise FileNotFoundError(f"{model}: no such run folder or weights file")
+    return load_model(weights), record
+
+
+def _normalisation(record: dict[str, Any] | None) -> Normalisation:
+    """The 8-bit mapping the training data used (recorded in its dataset.json), else the default."""
+    path = Path((record or {}).get("dataset", {}).get("path", "") or "") / "dataset.json"
+    if record and path.is_file():
+        norm = json.loads(path.read_text(encoding="utf-8")).get("normalisation", {})
+        try:
+            return Normalisation(norm.get("method", "percentile"), float(norm.get("low", 0.5)),
+                                 float(norm.get("high", 99.5)))
+        except (TypeError, ValueError):
+            pass
+    return Normalisation()
+
+
+# ----------------------------------------------------------------------------- files
+
+def write_predictions(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a prediction table as CSV or Parquet (by suffix), atomically."""
+    path = Path(path)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"prediction table lacks columns {missing} (needs {COLUMNS})")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return write_text(path, df.to_csv(index=False))
+    if suffix != ".parquet":
+        raise ValueError(f"{path}: write predictions as .csv or .parquet")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except ImportError as exc:
+        raise ImportError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow), "
+                          f"or write .csv ({exc})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """Read a table written by :func:`write_predictions` (image names stay strings)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: prediction table not found")
+    if path.suffix.lower() == ".parquet":
+        df = pd.read_parquet(path)
+    else:
+        df = pd.read_csv(path, dtype={"image": str, "class": str}, keep_default_na=False)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a prediction table, lacks columns {missing}")
+    return df
