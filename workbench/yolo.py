@@ -101,13 +101,16 @@ def _check_bundled_yaml(name: str) -> None:
 
 def load_model(spec: str | Path):
     """``ultralytics.YOLO`` for a spec accepted by :func:`resolve_model`; detection only."""
-    resolved = resolve_model(spec)
+    return _build(resolve_model(spec))
+
+
+def _build(resolved: str):
     configure_ultralytics()
     from ultralytics import YOLO
 
     model = YOLO(resolved)
     if model.task != "detect":
-        raise ValueError(f"{spec}: a {model.task!r} model; the workbench trains detectors only")
+        raise ValueError(f"{resolved}: a {model.task!r} model; the workbench trains detectors only")
     return model
 
 
@@ -248,7 +251,7 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
     dev = pick_device(device)
     spec = resolve_model(model)
     pre = local_weights(pretrained) if pretrained is not None else None
-    yolo = load_model(spec)
+    yolo = _build(spec)
     arch = architecture_name(yolo)
 
     root.mkdir(parents=True, exist_ok=True)
@@ -294,7 +297,7 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
         "command": " ".join(sys.argv),
         "resumed": [],
     }
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=bool(run_name))  # an automatic id is never reused
     write_run_record(run_dir, record)
     _add_callbacks(yolo, callbacks)
     _run(yolo, run_dir, args, imgsz)
