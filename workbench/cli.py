@@ -35,7 +35,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from .canonical import load_dataset
 
     options = {k: v for k, v in {"images": a.images, "class_name": a.class_name,
-                                 "connectivity": a.connectivity}.items() if v is not None}
+                                 "connectivity": a.connectivity, "names": a.names,
+                                 "image_key": a.image_key}.items() if v is not None}
     norm = Normalisation(a.normalise, a.low, a.high)
     out = convert(a.src, a.format, a.out, classes=a.classes, normalisation=norm, strict=a.strict,
                   overwrite=a.overwrite, command=_command_line(), **options)
@@ -75,11 +76,16 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from . import exporters
 
-    fn = {"yolo": exporters.export_yolo, "coco": exporters.export_coco,
-          "labelme": exporters.export_labelme}[a.format]
-    kwargs = {"split": a.split} if a.split and a.format == "coco" else {}
-    out = fn(a.dir, a.out, **kwargs)
-    print(f"exported {a.dir} as {a.format} -> {out}")
+    kwargs: dict = {"overwrite": a.overwrite}
+    if a.format == "coco":
+        kwargs.update(split=a.split, absolute_paths=a.absolute_paths)
+    elif a.split:
+        raise ValueError("--split applies to --format coco only (yolo keeps one folder per split)")
+    if a.format == "yolo":
+        kwargs["split_folders"] = not a.flat
+    if a.format == "labelme":
+        kwargs["image_data"] = a.image_data
+    print(exporters.export(a.dir, a.format, a.out, **kwargs))
     return 0
 
 
@@ -131,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--classes", type=_csv_list, help="class list in order, e.g. RBC,WBC,Platelets; "
                    "objects of other classes are reported as unknown_class and skipped")
     c.add_argument("--images", type=Path, help="image folder (COCO, Label Studio)")
+    c.add_argument("--names", type=_csv_list, help="YOLO without a yaml/classes.txt: class names for ids 0, 1, ...")
+    c.add_argument("--image-key", help="Label Studio: the task data field holding the image (default image)")
     c.add_argument("--class-name", help="class for single-class formats (monuseg; default nucleus)")
     c.add_argument("--connectivity", type=int, choices=[4, 8], help="mask instances: pixel connectivity")
     c.add_argument("--normalise", default="percentile", choices=["percentile", "minmax", "shift"],
@@ -162,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", required=True, choices=["yolo", "coco", "labelme"])
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--split", help="COCO: only this split")
+    e.add_argument("--flat", action="store_true", help="YOLO: one images/ and labels/ folder, no split subfolders")
+    e.add_argument("--absolute-paths", action="store_true", help="COCO: absolute image paths in file_name")
+    e.add_argument("--image-data", action="store_true", help="labelme: embed the image (base64) in each JSON")
+    e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=cmd_export)
 
     n = sub.add_parser("notebook", help="execute a notebook with papermill into outputs/")

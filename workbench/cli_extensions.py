@@ -7,4 +7,6 @@ from __future__ import annotations
 import argparse
 from typing import Callable
 
-REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = []
+from . import cli_models
+
+REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [cli_models.register]
