@@ -34,9 +34,15 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from .importers import convert
     from .canonical import load_dataset
 
-    options = {k: v for k, v in {"images": a.images, "class_name": a.class_name,
-                                 "connectivity": a.connectivity, "names": a.names,
-                                 "image_key": a.image_key}.items() if v is not None}
+    given = {"images": a.images, "class_name": a.class_name, "connectivity": a.connectivity,
+             "names": a.names, "image_key": a.image_key, "class_names": a.class_names,
+             "instances": _mapping(a.instances) if a.instances and "=" in a.instances else a.instances,
+             "use_annotation_names": a.use_annotation_names or None}
+    unknown = [k for k, v in given.items() if v is not None and k not in FORMAT_OPTIONS[a.format]]
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        raise ValueError(f"{flags} do(es) not apply to --format {a.format}")
+    options = {k: v for k, v in given.items() if v is not None}
     norm = Normalisation(a.normalise, a.low, a.high)
     out = convert(a.src, a.format, a.out, classes=a.classes, normalisation=norm, strict=a.strict,
                   overwrite=a.overwrite, command=_command_line(), **options)
@@ -123,6 +129,19 @@ def _command_line() -> str:
 # ----------------------------------------------------------------------------- parser
 
 FORMATS_IN = ["voc", "monuseg", "masks", "yolo", "coco", "labelme", "labelstudio"]
+# The importer options each format accepts (see workbench/importers/<module>.read).
+FORMAT_OPTIONS = {
+    "voc": set(), "monuseg": {"class_name", "use_annotation_names"},
+    "masks": {"class_names", "connectivity", "instances"}, "yolo": {"names"},
+    "coco": {"images"}, "labelme": {"images"}, "labelstudio": {"images", "image_key"},
+}
+
+
+def _mapping(text: str) -> dict[str, str]:
+    try:
+        return dict(kv.split("=", 1) for kv in _csv_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE], got {text!r}") from None
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
 
 
@@ -140,7 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--names", type=_csv_list, help="YOLO without a yaml/classes.txt: class names for ids 0, 1, ...")
     c.add_argument("--image-key", help="Label Studio: the task data field holding the image (default image)")
     c.add_argument("--class-name", help="class for single-class formats (monuseg; default nucleus)")
-    c.add_argument("--connectivity", type=int, choices=[4, 8], help="mask instances: pixel connectivity")
+    c.add_argument("--use-annotation-names", action="store_true", help="monuseg: non-empty Annotation names become classes")
+    c.add_argument("--connectivity", type=int, choices=[4, 8], help="masks: pixel connectivity of instances (default 4)")
+    c.add_argument("--class-names", type=_mapping, help="masks: rename folder classes, e.g. mn=micronucleus")
+    c.add_argument("--instances", help="masks: auto (default), colour, component, or per class e.g. mn=component")
     c.add_argument("--normalise", default="percentile", choices=["percentile", "minmax", "shift"],
                    help="how non-8-bit images become 8-bit (recorded per image)")
     c.add_argument("--low", type=float, default=0.5, help="low percentile for --normalise percentile")
