@@ -48,9 +48,11 @@ def size_vs_accuracy(table: pd.DataFrame, *, title: str = "Model size vs mAP50")
     sc = ax.scatter(params_m, table["mAP50"], s=sizes, c=range(len(table)), cmap="viridis", alpha=0.7,
                     edgecolor="k")
     for _, r in table.iterrows():
-        ax.annotate(str(r["model"]), (r["params"] / 1e6, r["mAP50"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
-    ax.set(xlabel="parameters (millions)", ylabel="mAP50", title=title)
+        label = str(r["model"]) + (f"\n{r['latency_ms']:.0f} ms/img" if "latency_ms" in r and pd.notna(r["latency_ms"]) else "")
+        ax.annotate(label, (r["params"] / 1e6, r["mAP50"]), textcoords="offset points", xytext=(8, 4), fontsize=8)
+    top = float(np.nanmax(table["mAP50"])) if len(table) and np.isfinite(table["mAP50"]).any() else 0.0
+    ax.set_ylim(0, max(0.1, top * 1.2))
+    ax.set_xlim(0, float(params_m.max()) * 1.25 if len(table) else 1)
     del sc
     fig.tight_layout()
     return fig
