@@ -70,9 +70,11 @@ def cmd_split(a: argparse.Namespace) -> int:
 def cmd_audit(a: argparse.Namespace) -> int:
     from .audit import audit_dataset, write_audit
 
-    result = audit_dataset(a.dir, dense_threshold=a.dense_threshold, tiny_box_px=a.tiny_box_px,
+    result = audit_dataset(a.dir, dense_threshold=a.dense_threshold, cluster_ratio=a.cluster_ratio,
+                           cluster_min_objects=a.cluster_min_objects, tiny_box_px=a.tiny_box_px,
+                           dup_iou=a.dup_iou, near_dup_distance=a.near_dup_distance, reduce=a.reduce,
                            workers=a.workers)
-    out = write_audit(result, a.out)
+    out = write_audit(result, a.out, overwrite=a.overwrite, figures=not a.no_figures, examples=a.examples)
     summary = json.loads((Path(a.out) / "audit.json").read_text())
     print(f"audit of {a.dir}: {summary['images']} images, {summary['objects']} objects, "
           f"{len(summary['problems'])} problem(s) -> {out}")
@@ -183,8 +185,19 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("dir", type=Path)
     au.add_argument("--out", required=True, type=Path)
     au.add_argument("--dense-threshold", type=int, default=100, help="objects per image above which an image is dense")
-    au.add_argument("--tiny-box-px", type=float, default=4.0, help="boxes with a side below this are reported")
+    au.add_argument("--cluster-ratio", type=float, default=0.6,
+                    help="Clark-Evans ratio below which an image counts as clustered")
+    au.add_argument("--cluster-min-objects", type=int, default=10, help="fewer objects: never clustered")
+    au.add_argument("--tiny-box-px", type=float, default=3.0, help="boxes with a side below this are reported")
+    au.add_argument("--dup-iou", type=float, default=0.9, help="same-class boxes above this IoU are duplicates")
+    au.add_argument("--near-dup-distance", type=int, default=6,
+                    help="perceptual-hash bits for near-duplicate images (-1: off)")
+    au.add_argument("--reduce", type=int, default=2, choices=[1, 2, 4, 8],
+                    help="decode images at 1/N size for the quality proxies")
     au.add_argument("--workers", type=int, default=None, help="processes for image checks (default: all cores)")
+    au.add_argument("--no-figures", action="store_true")
+    au.add_argument("--examples", type=int, default=8, help="example images with boxes in the figure")
+    au.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     au.set_defaults(func=cmd_audit)
 
     e = sub.add_parser("export", help="write a canonical dataset as YOLO, COCO JSON or labelme")
