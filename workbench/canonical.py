@@ -419,6 +419,19 @@ def read_meta(root: str | Path) -> pd.DataFrame:
     return meta
 
 
+def select_split(meta: pd.DataFrame, split: str | None, root: str | Path = "") -> pd.DataFrame:
+    """Rows of ``meta`` in ``split`` (all rows for None); a clear error for an unknown or empty split."""
+    if split is None:
+        return meta
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    rows = meta[meta["split"] == split]
+    if rows.empty:
+        present = sorted(set(meta["split"]) - {""})
+        raise ValueError(f"{root}: no images in split {split!r} (splits present: {present or 'none; run split first'})")
+    return rows
+
+
 def load_dataset(root: str | Path, log: ProblemLog | None = None) -> Dataset:
     """Load a canonical dataset; boxes come from ``labels/`` (authoritative), in pixels."""
     root = Path(root)

@@ -37,11 +37,9 @@ def load_ground_truth(path: str | Path, *, split: str | None = None) -> GroundTr
         from .canonical import load_dataset
 
         ds = load_dataset(path)
-        meta = ds.images
-        if split:
-            if split not in set(meta["split"]):
-                raise ValueError(f"{path}: no images in split {split!r} (splits: {sorted(set(meta['split']) - {''})})")
-            meta = meta[meta["split"] == split]
+        from .canonical import select_split
+
+        meta = select_split(ds.images, split or None, path)
         meta = meta[meta["labelled"].astype(str).str.lower() == "true"]
         boxes = ds.objects[ds.objects["image_id"].isin(set(meta["image_id"]))]
         boxes = boxes.rename(columns={"image_id": "image"})[["image", "class", "x1", "y1", "x2", "y2"]]

@@ -25,7 +25,7 @@ import yaml
 
 from . import __version__
 from .atomic import new_folder, write_text
-from .canonical import SPLITS, Dataset, format_yolo_line, load_dataset
+from .canonical import SPLITS, Dataset, format_yolo_line, load_dataset, select_split
 from .problems import ProblemLog
 
 LABELME_VERSION = "5.5.0"  # the labelme file format these files follow
@@ -122,13 +122,7 @@ def export_coco(root: str | Path, out_json: str | Path, *, split: str | None = N
     ds, root, out_json = _load(root, out_json)
     if out_json.exists() and not overwrite:
         raise FileExistsError(f"{out_json}: file exists (use --overwrite to replace it)")
-    meta = ds.images
-    if split is not None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        meta = meta[meta["split"] == split]
-        if meta.empty:
-            raise ValueError(f"{root}: no images in split {split!r} (run 'split' first?)")
+    meta = select_split(ds.images, split, root)
     notes = []
     unlabelled = meta["label_file"].eq("")
     if unlabelled.any():

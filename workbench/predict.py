@@ -23,7 +23,7 @@ import pandas as pd
 from PIL import Image
 
 from .atomic import write_text
-from .canonical import SPLITS, read_meta
+from .canonical import read_meta, select_split
 from .device import pick_device
 from .images import Normalisation, is_image_file, read_image, to_uint8
 from .runs import read_run_record, run_weights
@@ -119,13 +119,7 @@ def image_items(source: Source, *, split: str | None = None) -> list[tuple[str, 
 
 
 def _dataset_items(root: Path, split: str | None) -> list[tuple[str, Path]]:
-    meta = read_meta(root)
-    if split is not None:
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        meta = meta[meta["split"] == split]
-        if meta.empty:
-            raise ValueError(f"{root}: no images in split {split!r}")
+    meta = select_split(read_meta(root), split, root)
     items = []
     for image_id, file in meta[["image_id", "file"]].itertuples(index=False):
         path = root / file
