@@ -7,7 +7,8 @@ import pytest
 from conftest import checksums
 from workbench.canonical import load_dataset, read_meta
 from workbench.subsets import choose, subset_dataset
-from workbench.transfer import PROFILES, equal_compute_epochs, headline, TransferResult, FINETUNE, SCRATCH, EQUAL
+from workbench.transfer import (EQUAL, FINETUNE, PROFILES, SCRATCH, TransferProfile, TransferResult,
+                                equal_compute_epochs, headline)
 
 
 def test_subsets_are_nested_deterministic_and_leave_the_source_alone(bccd_canonical, tmp_path):
@@ -34,9 +35,10 @@ def test_subsets_are_nested_deterministic_and_leave_the_source_alone(bccd_canoni
 
 
 def test_equal_compute_counts_pretraining_in_target_images_seen():
-    prof = PROFILES["modest"]
+    prof = TransferProfile("t", pretrain_epochs=8, finetune_epochs=5)
     # 8 pretraining epochs over 60 source tiles = 480 images = 10 epochs over 48 target images
-    assert equal_compute_epochs(prof, 60, 48) == prof.finetune_epochs + 10
+    assert equal_compute_epochs(prof, 60, 48) == 5 + 10
+    assert equal_compute_epochs(prof, 61, 48) == 5 + 11  # rounded up: never less compute
     with pytest.raises(ValueError):
         equal_compute_epochs(prof, 60, 0)
 
