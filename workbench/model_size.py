@@ -48,7 +48,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | SizeProfile = "smok
     from .device import describe_device, pick_device
     from .evaluation import evaluate_tables, load_ground_truth
     from .predict import predict
-    from .runs import load_run
+    from .runs import finished_with, load_run
     from .yolo import model_stats, train
 
     prof = PROFILES[profile] if isinstance(profile, str) else profile
@@ -66,7 +66,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | SizeProfile = "smok
     for model in prof.models:
         name = f"{Path(model).stem}_s{prof.seed}"
         run_dir = out_dir / "runs" / name
-        if not ((run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished"):
+        if not finished_with(run_dir, model=model, epochs=prof.epochs, imgsz=prof.imgsz):
             if run_dir.exists():
                 import shutil
 

@@ -180,3 +180,23 @@ def run_weights(run_dir: str | Path) -> Path:
         if p.is_file():
             return p
     raise FileNotFoundError(f"{run_dir}: run has no weights/best.pt or weights/last.pt")
+
+
+def finished_with(run_dir: str | Path, *, model: str, epochs: int, imgsz: int, batch: int | None = None,
+                  pretrained: str | Path | None = None) -> bool:
+    """True when ``run_dir`` holds a *finished* run trained with exactly these settings.
+
+    Studies reuse such runs instead of training again; a run made with other settings (or an
+    unfinished one) is not reused, so changing a profile never silently mixes results.
+    """
+    try:
+        rec = read_run_record(run_dir)
+    except (FileNotFoundError, ValueError):
+        return False
+    cfg = rec.get("config", {})
+    want_pre = str(Path(pretrained).resolve()) if pretrained else None
+    got_pre = (rec.get("model") or {}).get("pretrained")
+    return (rec.get("status") == "finished" and cfg.get("epochs") == epochs and cfg.get("imgsz") == imgsz
+            and (batch is None or cfg.get("batch") == batch)
+            and (rec.get("model") or {}).get("spec") == str(model)
+            and (got_pre is None if want_pre is None else got_pre is not None and Path(got_pre).resolve() == Path(want_pre)))

@@ -53,10 +53,12 @@ class TransferProfile:
 PROFILES = {
     # CI: proves the whole pipeline on real data in about two minutes on 2 CPU cores
     "smoke": TransferProfile("smoke", imgsz=160, pretrain_epochs=1, finetune_epochs=2, seeds=(0,),
-                             fractions=(0.5, 1.0), target_train=16, target_val=8, source_tile=256),
-    # a real CPU study in about an hour (8 epochs were too few: every arm stayed at mAP ~0)
+                             fractions=(0.5, 1.0), target_train=16, target_val=8, source_tile=256, batch=8),
+    # a real CPU study in about an hour. Small batches on purpose: with ~50 images a batch of 16
+    # gives ~4 optimiser steps per epoch and ultralytics warms up for at least 100 steps, so
+    # 30 epochs at batch 16 learned nothing (precision and recall 0 throughout); batch 4 gives 4x the steps.
     "modest": TransferProfile("modest", imgsz=256, pretrain_epochs=30, finetune_epochs=30, seeds=(0, 1),
-                              fractions=(0.25, 1.0), target_train=48, target_val=40, source_tile=256),
+                              fractions=(0.25, 1.0), target_train=48, target_val=40, source_tile=256, batch=4),
     # a GPU: all data, 640 px, three seeds, the full label-efficiency curve
     "full": TransferProfile("full", imgsz=640, pretrain_epochs=100, finetune_epochs=100,
                             source_tile=640, full_source=True),
@@ -129,7 +131,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | TransferProfile = "
               fmt: str | None = None, device: str | None = None, workers: int | None = None,
               log: Callable[[str], None] = print) -> TransferResult:
     """Train every arm (reusing finished runs in ``out_dir/runs``) and collect the tables."""
-    from .runs import load_run
+    from .runs import finished_with, load_run
     from .yolo import train
 
     prof = PROFILES[profile] if isinstance(profile, str) else profile
@@ -145,7 +147,8 @@ def run_study(target: str | Path = "bccd", *, profile: str | TransferProfile = "
     def run(arm: str, seed: int, frac: float, dataset: Path, epochs: int, pretrained: Path | None = None) -> Path:
         name = f"{arm.split(' ')[0].replace(',', '')}{'-eq' if arm == EQUAL else ''}_f{int(frac * 100)}_s{seed}"
         run_dir = runs_root / name
-        if (run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished":
+        if finished_with(run_dir, model=prof.model, epochs=epochs, imgsz=prof.imgsz, batch=prof.batch,
+                         pretrained=pretrained):
             log(f"[transfer] reuse {name}")
         else:
             if run_dir.exists():
