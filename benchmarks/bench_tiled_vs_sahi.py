@@ -1,0 +1,161 @@
+"""Benchmark the workbench's batched tiled inference against SAHI (the named baseline).
+
+Same model (the large-image study's nuclei detector, or ``--run``), same slice size and
+overlap, same score threshold, on the same real held-out MoNuSeg tiles (1000x1000 H&E).
+Rows:
+
+* ``SAHI (defaults)`` – ``get_sliced_prediction`` as documented: one slice per model call,
+  a full-image pass on top (``perform_standard_pred=True``), GREEDYNMM / IOS 0.5 merge;
+* ``SAHI (batched, no full pass)`` – SAHI at its fastest comparable setting:
+  ``batch_size=--batch``, ``perform_standard_pred=False`` (same merge);
+* ``workbench (batch 1)`` – the workbench tiler, one tile per call (isolates batching);
+* ``workbench (batched)`` – :func:`workbench.tiled_inference.tiled_predict_image`,
+  ``--batch`` tiles per call, cross-tile NMM / IOS 0.5.
+
+Printed per row: median seconds per image (after a warm-up, ``--repeats`` runs), the time
+ratio to SAHI's defaults, recall and precision at IoU 0.5 over all boxes kept (score >=
+``--conf``), mAP50 (workbench.metrics), boxes vs true nuclei. Every network attempt is
+refused and counted (SAHI and ultralytics must work offline).
+
+    python benchmarks/bench_tiled_vs_sahi.py                      # modest profile's detector
+    python benchmarks/bench_tiled_vs_sahi.py --run outputs/.../runs/<run> --repeats 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from workbench import large_images, metrics  # noqa: E402
+from workbench.paths import outputs_dir  # noqa: E402
+from workbench.runs import run_weights  # noqa: E402
+from workbench.tiled_inference import TileSettings, YoloDetector, tiled_predict_image  # noqa: E402
+
+ATTEMPTS: list[str] = []
+
+
+def refuse_network() -> None:
+    """Refuse and record every outgoing connection (local AF_UNIX sockets still work)."""
+    original = socket.socket.connect
+
+    def connect(self, address, *a, **k):
+        if isinstance(address, (str, bytes)):
+            return original(self, address, *a, **k)
+        ATTEMPTS.append(repr(address))
+        raise OSError(f"network disabled by the benchmark ({address!r})")
+
+    def refuse(*args, **kwargs):
+        ATTEMPTS.append(repr(args[:1]))
+        raise OSError("network disabled by the benchmark")
+
+    socket.socket.connect = connect
+    socket.create_connection = refuse
+    socket.getaddrinfo = refuse
+
+
+def sahi_predictor(weights: Path, *, conf: float, slice_size: int, overlap: float, batch: int, standard: bool):
+    from sahi import AutoDetectionModel
+    from sahi.predict import get_sliced_prediction
+
+    model = AutoDetectionModel.from_pretrained(model_type="ultralytics", model_path=str(weights),
+                                               confidence_threshold=conf, device="cpu", image_size=slice_size)
+
+    def predict(rgb: np.ndarray) -> pd.DataFrame:
+        res = get_sliced_prediction(rgb, model, slice_height=slice_size, slice_width=slice_size,
+                                    overlap_height_ratio=overlap, overlap_width_ratio=overlap,
+                                    perform_standard_pred=standard, postprocess_type="GREEDYNMM",
+                                    postprocess_match_metric="IOS", postprocess_match_threshold=0.5,
+                                    batch_size=batch, verbose=0)
+        rows = [(*p.bbox.to_xyxy(), p.category.name, p.score.value) for p in res.object_prediction_list]
+        return pd.DataFrame(rows, columns=["x1", "y1", "x2", "y2", "class", "score"])
+
+    return predict
+
+
+def workbench_predictor(weights: Path, *, conf: float, slice_size: int, overlap: float, batch: int):
+    # max_det 300 per tile: ultralytics' default, which SAHI leaves in place
+    det = YoloDetector(weights, conf=conf, imgsz=slice_size, max_det=300, device="cpu")
+    settings = TileSettings(tile=slice_size, overlap=overlap, batch=batch, merge="nmm", merge_metric="ios",
+                            merge_thr=0.5)
+    return lambda rgb: tiled_predict_image(rgb, det, settings=settings)[["x1", "y1", "x2", "y2", "class", "score"]]
+
+
+def measure(name: str, predict, images: dict[str, np.ndarray], repeats: int) -> tuple[pd.DataFrame, float]:
+    predict(next(iter(images.values())))  # warm-up
+    per_image, tables = [], []
+    for image_id, rgb in images.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            table = predict(rgb)
+            times.append(time.perf_counter() - t0)
+        per_image.append(statistics.median(times))
+        tables.append(table.assign(image=image_id))
+    print(f"  {name}: {statistics.mean(per_image):.2f} s/image", flush=True)
+    return pd.concat(tables, ignore_index=True), float(statistics.mean(per_image))
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="modest", help="large-image study profile whose detector to use")
+    ap.add_argument("--run", help="a run folder or weights file instead of the profile's detector")
+    ap.add_argument("--slice", type=int, default=None, help="slice size (default: the profile's patch)")
+    ap.add_argument("--overlap", type=float, default=0.2)
+    ap.add_argument("--conf", type=float, default=0.25, help="score threshold for both")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=None, help="folder for the result table (default outputs/bench/tiled_vs_sahi)")
+    args = ap.parse_args(argv)
+    refuse_network()
+
+    prof = large_images.PROFILES[args.profile]
+    run = Path(args.run) if args.run else large_images.train_detector(prof)
+    weights = run_weights(run) if Path(run).is_dir() else Path(run)
+    slice_size = args.slice or prof.patch
+    images, gt = large_images.load_test_images(prof)
+    import sahi
+
+    print(f"SAHI {sahi.__version__}; detector {weights}; {len(images)} held-out MoNuSeg tiles, {len(gt)} nuclei; "
+          f"slice {slice_size}, overlap {args.overlap}, conf {args.conf}, batch {args.batch}, repeats {args.repeats}")
+    common = dict(conf=args.conf, slice_size=slice_size, overlap=args.overlap)
+    arms = {
+        "SAHI (defaults)": sahi_predictor(weights, batch=1, standard=True, **common),
+        f"SAHI (batch {args.batch}, no full pass)": sahi_predictor(weights, batch=args.batch, standard=False, **common),
+        "workbench (batch 1)": workbench_predictor(weights, batch=1, **common),
+        f"workbench (batch {args.batch})": workbench_predictor(weights, batch=args.batch, **common),
+    }
+    rows = []
+    for name, predict in arms.items():
+        pred, seconds = measure(name, predict, images, args.repeats)
+        prf = metrics.precision_recall_f1(gt, pred, score_thr=args.conf, iou_thr=0.5)
+        overall = prf[prf["class"] == metrics.OVERALL].iloc[0]
+        rows.append({"method": name, "s_per_image": seconds, "recall": overall["recall"],
+                     "precision": overall["precision"], "map50": metrics.evaluate(gt, pred).map50,
+                     "n_pred": int(len(pred)), "n_true": int(len(gt))})
+    table = pd.DataFrame(rows)
+    base = table.loc[0, "s_per_image"]
+    table.insert(2, "speedup_vs_sahi", base / table["s_per_image"])
+    pd.set_option("display.width", 200)
+    print(table.round(3).to_string(index=False))
+    print(f"network attempts: {len(ATTEMPTS)} {ATTEMPTS[:3]}")
+    out = args.out or outputs_dir() / "bench" / "tiled_vs_sahi"
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "tiled_vs_sahi.csv", index=False)
+    (out / "settings.json").write_text(json.dumps({**{k: str(v) for k, v in vars(args).items()},
+                                                   "weights": str(weights), "sahi": sahi.__version__,
+                                                   "network_attempts": ATTEMPTS}, indent=1) + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()

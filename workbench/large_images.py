@@ -1,0 +1,334 @@
+"""The large-image study: time against accuracy for ways of detecting cells in large images.
+
+Rows (one per method and setting), scored on whole held-out MoNuSeg tiles (1000x1000 H&E,
+~300-700 nuclei each) with a nuclei detector trained on native-resolution patches of the
+other tiles:
+
+* ``one-stage tiled`` – :func:`workbench.tiled_inference.tiled_predict_image` at full
+  resolution (batched tiles, cross-tile merge);
+* ``two-stage`` – :func:`workbench.twostage.two_stage_predict_image` with several settings
+  (stage-1 scale, score threshold, margin);
+* ``whole image`` – one ultralytics call on the whole image at ``imgsz`` (the image is
+  resized to fit; at ``imgsz`` >= the image side this is native resolution).
+
+Columns: ``stage1_s`` / ``stage2_s`` / ``total_s`` (median seconds per image over
+``repeats`` runs, after a warm-up, in this process), ``map50`` (workbench.metrics, COCO
+AP at IoU 0.5), ``recall`` and ``precision`` at ``count_thr`` and IoU 0.5, ``n_pred``
+(boxes with score >= ``count_thr``, summed over the test images) against ``n_true``, and
+for two-stage rows the share of the image area sent to stage 2 and the canvases used.
+
+Held-out images are the vendored tiles the detector never saw: ``smoke`` trains on two
+vendored tiles and tests on the third; ``modest``/``full`` train on the 10 other tiles of
+``../shared/data/monuseg`` and test on all three vendored ones (falling back to the smoke
+split, with a note, when that folder is absent).
+"""
+from __future__ import annotations
+
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from . import datasets
+from .twostage import TwoStageSettings
+
+VENDORED_TILES = ("TCGA-B0-5698-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1")
+
+
+@dataclass(frozen=True)
+class LargeProfile:
+    name: str
+    full_source: bool = True  # train on ../shared/data/monuseg when present
+    model: str = "yolov8n.yaml"
+    epochs: int = 40
+    patch: int = 256  # training patch = inference tile = detector imgsz (native resolution)
+    patch_overlap: float = 0.25
+    overlap: float = 0.2  # inference tile overlap
+    batch: int = 16  # tiles / canvases per detector call
+    conf: float = 0.01  # detector score floor (low, for mAP)
+    count_thr: float = 0.25  # score threshold for recall, precision and counts
+    repeats: int = 3
+    whole_sizes: tuple[int, ...] = (512, 1024)
+    two_stage: tuple[TwoStageSettings, ...] = field(default_factory=tuple)
+    seed: int = 0
+
+
+def _two_stage_grid(canvas: int) -> tuple[TwoStageSettings, ...]:
+    base = TwoStageSettings(canvas=canvas)
+    return (replace(base, coarse_scale=0.5, region_conf=0.25, margin=12),
+            replace(base, coarse_scale=0.5, region_conf=0.1, margin=24),
+            replace(base, coarse_scale=0.25, region_conf=0.1, margin=24),
+            replace(base, coarse_scale=0.25, region_conf=0.05, margin=32))
+
+
+PROFILES = {
+    # CI: proves the pipeline on the 3 vendored tiles in a couple of minutes on 2 CPU cores
+    "smoke": LargeProfile("smoke", full_source=False, epochs=2, repeats=1, whole_sizes=(1024,),
+                          two_stage=_two_stage_grid(256)[:1]),
+    # a real CPU study: detector trained on 10 shared tiles (~25 min), 3 test tiles
+    "modest": LargeProfile("modest", epochs=40, repeats=3, two_stage=_two_stage_grid(256)),
+    # a GPU: longer training
+    "full": LargeProfile("full", epochs=200, repeats=5, two_stage=_two_stage_grid(256)),
+}
+
+
+def _profile(profile: str | LargeProfile) -> LargeProfile:
+    if isinstance(profile, LargeProfile):
+        return profile
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
+    return PROFILES[profile]
+
+
+# ----------------------------------------------------------------------------- data and detector
+
+def split_images(prof: LargeProfile) -> tuple[Path, list[str], list[str], str]:
+    """(canonical MoNuSeg folder, training image ids, test image ids, note)."""
+    from .canonical import read_meta
+
+    note = ""
+    base = datasets.prepare("monuseg", full=prof.full_source)
+    ids = read_meta(base)["image_id"].astype(str).tolist()
+    if prof.full_source and len(ids) > len(VENDORED_TILES):
+        test = [i for i in ids if i in VENDORED_TILES]
+    else:
+        if prof.full_source:
+            note = "../shared/data/monuseg absent: trained on 2 vendored tiles, tested on the third"
+        test = [VENDORED_TILES[-1]]
+    train = [i for i in ids if i not in test]
+    return base, train, test, note
+
+
+def prepare_patches(prof: LargeProfile, work: Path) -> Path:
+    """Native-resolution training patches of the training tiles (8:2 train/val by patch);
+    patches of test tiles are marked ``test`` and never trained or validated on."""
+    from .canonical import read_classes, read_meta, save_meta
+    from .splits import assign_splits
+    from .tiling import tile_dataset
+
+    base, train, test, _ = split_images(prof)
+    out = work / "data" / f"monuseg_patches{prof.patch}{'_full' if prof.full_source else ''}"
+    if (out / "meta.csv").exists():
+        return out
+    tile_dataset(base, out, tile=prof.patch, overlap=prof.patch_overlap, min_visibility=0.5, overwrite=True)
+    meta = read_meta(out)
+    is_test = meta["tile_of"].astype(str).isin(test)
+    split = pd.Series("test", index=meta.index, dtype=str)
+    split[~is_test] = assign_splits(meta[~is_test].drop(columns="split"), ratios=(8, 2), seed=prof.seed,
+                                    keep_existing=False)
+    save_meta(out, meta.assign(split=split), read_classes(out))
+    return out
+
+
+def train_detector(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = None,
+                   device: str | None = None, log: Callable[[str], None] = print) -> Path:
+    """The profile's nuclei detector (trained once into ``work_dir/runs``, then reused)."""
+    from .runs import load_run
+    from .yolo import train
+
+    prof = _profile(profile)
+    work = Path(work_dir) if work_dir else default_work_dir(prof)
+    patches = prepare_patches(prof, work)
+    name = f"nuclei_{Path(prof.model).stem}_p{prof.patch}_e{prof.epochs}_s{prof.seed}"
+    run_dir = work / "runs" / name
+    if (run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished":
+        return run_dir
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # an unfinished attempt: start again cleanly
+    t0 = time.perf_counter()
+    train(patches, model=prof.model, epochs=prof.epochs, imgsz=prof.patch, batch=16, seed=prof.seed,
+          device=device, run_name=name, runs_root=work / "runs", max_det=1000)
+    log(f"[large-images] trained {name} in {time.perf_counter() - t0:.0f} s")
+    return run_dir
+
+
+def default_work_dir(prof: LargeProfile) -> Path:
+    from .paths import outputs_dir
+
+    return outputs_dir() / "large_images" / prof.name
+
+
+# ----------------------------------------------------------------------------- the study
+
+ONE_STAGE, TWO_STAGE, WHOLE = "one-stage tiled", "two-stage", "whole image"
+TABLE_COLUMNS = ["method", "setting", "stage1_s", "stage2_s", "total_s", "speedup", "map50", "map50_delta",
+                 "recall", "precision", "n_pred", "n_true", "count_mae", "area_share", "canvases"]
+
+
+@dataclass
+class LargeResult:
+    profile: LargeProfile
+    table: pd.DataFrame  # one row per method and setting (TABLE_COLUMNS)
+    per_image: pd.DataFrame  # one row per method, setting and test image
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_test_images(prof: LargeProfile, normalisation=None) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
+    """(8-bit RGB test images by id, their ground-truth boxes)."""
+    from .canonical import read_meta
+    from .evaluation import load_ground_truth
+    from .images import read_image, to_uint8
+
+    base, _, test, _ = split_images(prof)
+    meta = read_meta(base).set_index("image_id")
+    kwargs = {"norm": normalisation} if normalisation is not None else {}
+    images = {i: to_uint8(read_image(base / meta.at[i, "file"])[0], **kwargs)[0] for i in test}
+    gt = load_ground_truth(base).boxes
+    return images, gt[gt["image"].isin(test)].reset_index(drop=True)
+
+
+def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = None, device: str | None = None,
+              log: Callable[[str], None] = print) -> LargeResult:
+    """Train (or reuse) the detector, then time and score every method on the test images."""
+    from .device import describe_device, pick_device
+    from .tiled_inference import TileSettings, YoloDetector, tiled_predict_image
+    from .twostage import two_stage_predict_image
+
+    prof = _profile(profile)
+    dev = pick_device(device)
+    work = Path(work_dir) if work_dir else default_work_dir(prof)
+    run_dir = train_detector(prof, work_dir=work, device=dev, log=log)
+    det = YoloDetector(run_dir, conf=prof.conf, imgsz=prof.patch, max_det=1000, device=dev)
+    images, gt = load_test_images(prof, det.normalisation)
+    tiles = TileSettings(tile=prof.patch, overlap=prof.overlap, batch=prof.batch)
+
+    def one_stage(img):
+        t0 = time.perf_counter()
+        table = tiled_predict_image(img, det, settings=tiles)
+        return table, {"stage1_s": float("nan"), "stage2_s": time.perf_counter() - t0}
+
+    methods: list[tuple[str, str, Callable]] = [
+        (ONE_STAGE, f"tile {prof.patch}, overlap {prof.overlap:g}, batch {prof.batch}", one_stage)]
+    side = max(max(img.shape[:2]) for img in images.values())
+    for s in prof.two_stage:
+        # stage 1 sees the whole small image in one pass (one tile, native pixels of the small image)
+        coarse_tile = max(32, int(np.ceil(side * s.coarse_scale / 32)) * 32)
+        s = replace(s, canvas=prof.patch, coarse_tile=coarse_tile, batch=prof.batch, tile_overlap=prof.overlap)
+        coarse = YoloDetector(det.model, conf=prof.conf, imgsz=coarse_tile, max_det=3000, device=dev)
+        methods.append((TWO_STAGE, s.label(),
+                        lambda img, s=s, coarse=coarse: two_stage_predict_image(img, coarse, det, settings=s)))
+    for size in prof.whole_sizes:
+        whole = YoloDetector(det.model, conf=prof.conf, imgsz=size, max_det=3000, device=dev)
+
+        def whole_image(img, whole=whole):
+            t0 = time.perf_counter()
+            table = whole([img])[0]
+            return table, {"stage1_s": float("nan"), "stage2_s": time.perf_counter() - t0}
+
+        methods.append((WHOLE, f"imgsz {size}", whole_image))
+
+    first = next(iter(images.values()))
+    for _, _, fn in methods:  # warm-up: first calls pay for allocation and thread start-up
+        fn(first)
+    rows, preds = [], []
+    for method, setting, fn in methods:
+        for name, img in images.items():
+            times = []
+            for _ in range(max(1, prof.repeats)):
+                table, info = fn(img)
+                times.append(info)
+            stage1 = statistics.median(t["stage1_s"] for t in times)
+            stage2 = statistics.median(t["stage2_s"] for t in times)
+            total = statistics.median((0 if np.isnan(t["stage1_s"]) else t["stage1_s"]) + t["stage2_s"] for t in times)
+            preds.append(table.assign(image=name, method=method, setting=setting))
+            rows.append({"method": method, "setting": setting, "image": name, "stage1_s": stage1, "stage2_s": stage2,
+                         "total_s": total, "area_share": info.get("area_share", 1.0),
+                         "canvases": info.get("canvases", np.nan), "regions": info.get("regions", np.nan)})
+        log(f"[large-images] {method} ({setting}): {statistics.median(r['total_s'] for r in rows[-len(images):]):.2f} s/image")
+    per_image = pd.DataFrame(rows)
+    pred = pd.concat(preds, ignore_index=True)
+    table = score_methods(per_image, pred, gt, count_thr=prof.count_thr)
+    base, train, test, note = split_images(prof)
+    from .runs import read_run_record
+
+    info = {"profile": asdict(prof), "run": str(run_dir), "run_id": run_dir.name, "train_images": train,
+            "test_images": test, "n_true": int(len(gt)), "note": note, "device": describe_device(dev),
+            "dataset_fingerprint": (read_run_record(run_dir).get("dataset", {}).get("fingerprint") or {}).get("sha256", "")[:12]}
+    return LargeResult(prof, table, per_image, info)
+
+
+def score_methods(per_image: pd.DataFrame, pred: pd.DataFrame, gt: pd.DataFrame, *, count_thr: float) -> pd.DataFrame:
+    """One row per method and setting: median times summed over images, metrics over all images."""
+    from . import metrics
+
+    images = sorted(gt["image"].unique())
+    rows = []
+    for (method, setting), g in per_image.groupby(["method", "setting"], sort=False):
+        p = pred[(pred["method"] == method) & (pred["setting"] == setting)][list(metrics.PRED_COLUMNS)]
+        result = metrics.evaluate(gt, p, classes=sorted(gt["class"].unique()))
+        prf = metrics.precision_recall_f1(gt, p, score_thr=count_thr, iou_thr=0.5, max_dets=result.max_dets)
+        overall = prf[prf["class"] == metrics.OVERALL].iloc[0]
+        counts = metrics.count_metrics(gt, p, score_thr=count_thr, images=images)
+        rows.append({"method": method, "setting": setting,
+                     "stage1_s": g["stage1_s"].sum(min_count=1), "stage2_s": g["stage2_s"].sum(),
+                     "total_s": g["total_s"].sum(), "map50": result.map50, "recall": float(overall["recall"]),
+                     "precision": float(overall["precision"]), "n_pred": int(counts.table["n_pred"].sum()),
+                     "n_true": int(counts.table["n_gt"].sum()), "count_mae": counts.mae,
+                     "area_share": float(g["area_share"].mean()), "canvases": g["canvases"].sum(min_count=1)})
+    table = pd.DataFrame(rows)
+    ref = table[table["method"] == ONE_STAGE].iloc[0] if (table["method"] == ONE_STAGE).any() else None
+    if ref is not None:
+        table["speedup"] = ref["total_s"] / table["total_s"]
+        table["map50_delta"] = 100 * (table["map50"] - ref["map50"])  # points
+    else:
+        table["speedup"] = table["map50_delta"] = np.nan
+    return table[TABLE_COLUMNS]
+
+
+def verdict(table: pd.DataFrame, *, speedup: float = 3.0, max_loss_points: float = 1.0) -> pd.DataFrame:
+    """Two-stage rows with whether they reach ``speedup`` x at <= ``max_loss_points`` mAP50 loss."""
+    two = table[table["method"] == TWO_STAGE].copy()
+    two["meets_goal"] = (two["speedup"] >= speedup) & (two["map50_delta"] >= -max_loss_points)
+    return two[["setting", "speedup", "map50_delta", "recall", "area_share", "meets_goal"]]
+
+
+def time_vs_accuracy(table: pd.DataFrame, *, title: str = "Large images: time vs mAP50"):
+    """Total seconds (all test images) against mAP50, one marker per method and setting."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = {ONE_STAGE: "o", TWO_STAGE: "s", WHOLE: "^"}
+    for method, g in table.groupby("method", sort=False):
+        ax.scatter(g["total_s"], g["map50"], marker=markers.get(method, "o"), s=50, label=method, edgecolor="k")
+        for r in g.itertuples():
+            ax.annotate(r.setting, (r.total_s, r.map50), textcoords="offset points", xytext=(5, 3), fontsize=6)
+    ax.set(xlabel="total seconds for the test images (median of repeats)", ylabel="mAP50 (workbench.metrics)",
+           title=title)
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, max(0.1, float(np.nanmax(table["map50"])) * 1.15) if len(table) else 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_outputs(result: LargeResult, out: Path) -> list[Path]:
+    """``large_images.csv``, ``per_image.csv``, ``study.json`` and the figure (PNG/PDF + caption)."""
+    import json
+
+    from .figures import save_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in (("large_images", result.table), ("per_image", result.per_image)):
+        table.to_csv(out / f"{name}.csv", index=False)
+        written.append(out / f"{name}.csv")
+    (out / "study.json").write_text(json.dumps(result.info, indent=1, default=str) + "\n", encoding="utf-8")
+    written.append(out / "study.json")
+    info = result.info
+    caption = (f"Time vs mAP50 on {len(info['test_images'])} held-out MoNuSeg tiles ({info['n_true']} nuclei), "
+               f"detector {info['run_id']} trained on {len(info['train_images'])} other tiles; profile "
+               f"{result.profile.name}, median of {result.profile.repeats} runs on "
+               f"{info['device'].get('name') or info['device'].get('cpu') or 'this machine'}. {info['note']}").strip()
+    written += save_figure(time_vs_accuracy(result.table), out / "time_vs_map50", caption=caption,
+                           provenance={"run": info["run_id"], "test_images": info["test_images"],
+                                       "dataset": info["dataset_fingerprint"], "profile": result.profile.name})
+    return written
