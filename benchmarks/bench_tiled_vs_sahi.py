@@ -12,7 +12,8 @@ Rows:
 * ``workbench (batched)`` – :func:`workbench.tiled_inference.tiled_predict_image`,
   ``--batch`` tiles per call, cross-tile NMM / IOS 0.5.
 
-Printed per row: median seconds per image (after a warm-up, ``--repeats`` runs), the time
+Printed per row: seconds per image (median of ``--repeats`` runs after a warm-up, arms
+taking turns, averaged over the images), the time
 ratio to SAHI's defaults, recall and precision at IoU 0.5 over all boxes kept (score >=
 ``--conf``), mAP50 (workbench.metrics), boxes vs true nuclei. Every network attempt is
 refused and counted (SAHI and ultralytics must work offline).
@@ -90,19 +91,25 @@ def workbench_predictor(weights: Path, *, conf: float, slice_size: int, overlap:
     return lambda rgb: tiled_predict_image(rgb, det, settings=settings)[["x1", "y1", "x2", "y2", "class", "score"]]
 
 
-def measure(name: str, predict, images: dict[str, np.ndarray], repeats: int) -> tuple[pd.DataFrame, float]:
-    predict(next(iter(images.values())))  # warm-up
-    per_image, tables = [], []
-    for image_id, rgb in images.items():
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            table = predict(rgb)
-            times.append(time.perf_counter() - t0)
-        per_image.append(statistics.median(times))
-        tables.append(table.assign(image=image_id))
-    print(f"  {name}: {statistics.mean(per_image):.2f} s/image", flush=True)
-    return pd.concat(tables, ignore_index=True), float(statistics.mean(per_image))
+def measure(arms: dict, images: dict[str, np.ndarray], repeats: int) -> dict[str, tuple[pd.DataFrame, float]]:
+    """Median seconds per image for every arm; arms take turns within each repeat, so load
+    from other processes on a shared machine falls on all of them alike."""
+    first = next(iter(images.values()))
+    for predict in arms.values():
+        predict(first)  # warm-up
+    times = {name: {i: [] for i in images} for name in arms}
+    tables: dict[str, dict[str, pd.DataFrame]] = {name: {} for name in arms}
+    for r in range(repeats):
+        for image_id, rgb in images.items():
+            for name, predict in arms.items():
+                t0 = time.perf_counter()
+                tables[name][image_id] = predict(rgb)
+                times[name][image_id].append(time.perf_counter() - t0)
+        print(f"  repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{n} {statistics.mean(t[-1] for t in times[n].values()):.2f} s" for n in arms), flush=True)
+    return {name: (pd.concat([t.assign(image=i) for i, t in tables[name].items()], ignore_index=True),
+                   float(statistics.mean(statistics.median(v) for v in times[name].values())))
+            for name in arms}
 
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
@@ -135,8 +142,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         f"workbench (batch {args.batch})": workbench_predictor(weights, batch=args.batch, **common),
     }
     rows = []
-    for name, predict in arms.items():
-        pred, seconds = measure(name, predict, images, args.repeats)
+    for name, (pred, seconds) in measure(arms, images, args.repeats).items():
         prf = metrics.precision_recall_f1(gt, pred, score_thr=args.conf, iou_thr=0.5)
         overall = prf[prf["class"] == metrics.OVERALL].iloc[0]
         rows.append({"method": name, "s_per_image": seconds, "recall": overall["recall"],

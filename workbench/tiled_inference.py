@@ -97,17 +97,6 @@ def check_box_table(table: pd.DataFrame, where: str) -> pd.DataFrame:
     return table
 
 
-def shift_boxes(table: pd.DataFrame, dx: float, dy: float, *, clip: tuple[float, float, float, float] | None = None) -> pd.DataFrame:
-    """Boxes moved by ``(dx, dy)``, optionally clipped to ``clip`` = x0 y0 x1 y1."""
-    out = table.copy()
-    out[["x1", "x2"]] = out[["x1", "x2"]].to_numpy(dtype=float) + dx
-    out[["y1", "y2"]] = out[["y1", "y2"]].to_numpy(dtype=float) + dy
-    if clip is not None:
-        out[["x1", "x2"]] = np.clip(out[["x1", "x2"]].to_numpy(dtype=float), clip[0], clip[2])
-        out[["y1", "y2"]] = np.clip(out[["y1", "y2"]].to_numpy(dtype=float), clip[1], clip[3])
-    return out
-
-
 def run_batched(detector: Detector, arrays: Sequence[np.ndarray], *, batch: int) -> list[pd.DataFrame]:
     """The detector over ``arrays`` in calls of at most ``batch`` arrays; one table per array."""
     out: list[pd.DataFrame] = []
@@ -132,7 +121,7 @@ def tiled_predict(detector: Detector, images: Mapping[str, np.ndarray] | Iterabl
     and skipped as empty.
     """
     items = images.items() if isinstance(images, Mapping) else images
-    parts: list[pd.DataFrame] = []
+    found: list[tuple[pd.DataFrame, str, int, np.ndarray]] = []  # tile table, image, tile no, window
     pending: list[tuple[str, int, np.ndarray, np.ndarray]] = []  # image, tile no, window, pixels
     n_tiles = n_skipped = 0
     order: dict[str, int] = {}
@@ -140,11 +129,7 @@ def tiled_predict(detector: Detector, images: Mapping[str, np.ndarray] | Iterabl
 
     def flush() -> None:
         tables = run_batched(detector, [p[3] for p in pending], batch=settings.batch)
-        for (name, k, win, arr), t in zip(pending, tables):
-            if len(t):
-                h, w = shapes[name]
-                parts.append(shift_boxes(t[BOX_COLUMNS], win[0], win[1], clip=(0, 0, w, h))
-                             .assign(image=name, tile=k))
+        found.extend((t, name, k, win) for (name, k, win, _), t in zip(pending, tables) if len(t))
         pending.clear()
 
     for name, image in items:
@@ -165,9 +150,27 @@ def tiled_predict(detector: Detector, images: Mapping[str, np.ndarray] | Iterabl
                 flush()
     if pending:
         flush()
-    table = _merged(parts, settings, order)
+    table = _merged(_to_image(found, shapes), settings, order)
     table.attrs.update(tiles=n_tiles, skipped=n_skipped)
     return table
+
+
+def _to_image(found: list[tuple[pd.DataFrame, str, int, np.ndarray]],
+              shapes: Mapping[str, tuple[int, int]]) -> pd.DataFrame | None:
+    """All tiles' boxes in one table, shifted to image pixels and clipped to the image
+    (one vectorised pass: per-tile pandas operations cost more than the merge)."""
+    if not found:
+        return None
+    raw = pd.concat([t[BOX_COLUMNS] for t, *_ in found], ignore_index=True)
+    n = np.array([len(t) for t, *_ in found])
+    win = np.repeat(np.array([w for *_, w in found], dtype=float), n, axis=0)
+    size = np.repeat(np.array([shapes[name][::-1] for _, name, _, _ in found], dtype=float), n, axis=0)  # w, h
+    xyxy = raw[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float) + np.tile(win[:, :2], 2)
+    xyxy = np.clip(xyxy, 0, np.tile(size, 2))
+    raw[["x1", "y1", "x2", "y2"]] = xyxy
+    raw["image"] = np.repeat([name for _, name, _, _ in found], n)
+    raw["tile"] = np.repeat([k for _, _, k, _ in found], n)
+    return raw
 
 
 def tiled_predict_image(image: np.ndarray, detector: Detector, *, settings: TileSettings = TileSettings(),
@@ -176,10 +179,9 @@ def tiled_predict_image(image: np.ndarray, detector: Detector, *, settings: Tile
     return tiled_predict(detector, [(name, image)], settings=settings)
 
 
-def _merged(parts: list[pd.DataFrame], settings: TileSettings, order: Mapping[str, int]) -> pd.DataFrame:
-    if not parts:
+def _merged(raw: pd.DataFrame | None, settings: TileSettings, order: Mapping[str, int]) -> pd.DataFrame:
+    if raw is None or raw.empty:
         return empty_table()
-    raw = pd.concat(parts, ignore_index=True)
     raw["class"] = raw["class"].astype(str)
     merged = merge_table(raw, method=settings.merge, metric=settings.merge_metric, threshold=settings.merge_thr,
                          by=("image", "class"), source="tile")
@@ -289,6 +291,6 @@ def predict_large(model: Any, source: Any, *, settings: TileSettings = TileSetti
 
 
 __all__ = ["BOX_COLUMNS", "Detector", "TileSettings", "YoloDetector", "check_box_table", "check_image", "is_empty",
-           "predict_large", "read_images", "run_batched", "shift_boxes", "sort_table", "tile_windows",
+           "predict_large", "read_images", "run_batched", "sort_table", "tile_windows",
            "tiled_predict", "tiled_predict_image", "to_bgr"]
 

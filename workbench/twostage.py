@@ -327,7 +327,8 @@ def two_stage_predict_image(image: np.ndarray, coarse: Detector, fine: Detector 
     """Both stages on one 8-bit image: (prediction table, info).
 
     ``fine`` defaults to ``coarse``. ``info``: ``stage1_s``, ``stage2_s``, ``regions``,
-    ``pieces``, ``canvases``, ``area_share`` (piece pixels / image pixels), ``proposals``.
+    ``pieces``, ``canvases``, ``area_share`` (piece pixels / image pixels), ``proposals``,
+    ``region_boxes`` (the ``(k, 4)`` regions).
     """
     image = check_image(image, name)
     fine = fine or coarse
@@ -341,7 +342,7 @@ def two_stage_predict_image(image: np.ndarray, coarse: Detector, fine: Detector 
     info = {"image": name, "stage1_s": t1 - t0, "stage2_s": t2 - t1, "proposals": int(len(proposals)),
             "regions": int(len(regions)), "pieces": int(len(layout)),
             "canvases": int(layout["canvas"].max() + 1) if len(layout) else 0,
-            "area_share": piece_px / float(image.shape[0] * image.shape[1])}
+            "area_share": piece_px / float(image.shape[0] * image.shape[1]), "region_boxes": regions}
     table = boxes.assign(image=name)[COLUMNS] if len(boxes) else empty_table()
     return sort_table(table, {name: 0}), info
 
@@ -356,7 +357,7 @@ def two_stage_predict(coarse: Detector, images: Mapping[str, np.ndarray] | Itera
         order[str(name)] = len(order)
         table, info = two_stage_predict_image(image, coarse, fine, settings=settings, name=str(name))
         parts.append(table)
-        infos.append(info)
+        infos.append({k: v for k, v in info.items() if k != "region_boxes"})
     table = pd.concat(parts, ignore_index=True) if parts else empty_table()
     return sort_table(table, order), pd.DataFrame(infos)
 
