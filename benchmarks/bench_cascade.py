@@ -7,6 +7,8 @@ detector on the arrays, crops every box and classifies all crops of a chunk in b
 The ratio column is cascade time / detector-only time; the goal is <= 1.25.
 
     python benchmarks/bench_cascade.py --detector RUN --classifier RUN --dataset DIR [--split val]
+    # timing of another architecture / crop size (random weights: timing only, labels meaningless)
+    python benchmarks/bench_cascade.py ... --arch mobilenetv3_small_100 --size 64
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--det-conf", type=float, default=0.5)
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch", type=int, default=8, help="images per detector batch (both systems)")
+    ap.add_argument("--arch", help="time this timm architecture instead (untrained weights: timing only)")
+    ap.add_argument("--size", type=int, help="with --arch: crop size (default: the run's)")
     a = ap.parse_args(argv)
 
     dev = pick_device(a.device)
@@ -55,6 +59,17 @@ def main(argv: list[str] | None = None) -> int:
     cfg = (record or {}).get("config", {})
     imgsz, max_det = int(cfg.get("imgsz") or 640), int(cfg.get("max_det") or 300)
     clf = load_classifier(a.classifier, device=dev)
+    if a.arch:
+        import dataclasses
+
+        import torch
+
+        from workbench.classifier import build_model
+
+        model = build_model(a.arch, len(clf.classes), in_chans=clf.in_chans)
+        model.to(dev, memory_format=torch.channels_last).eval()
+        spec = dataclasses.replace(clf.spec, size=a.size or clf.spec.size)
+        clf = dataclasses.replace(clf, model=model, arch=a.arch, spec=spec, path=None)
     files = [p for _, p in image_items(a.dataset, split=a.split)][: a.n_images]
     opts = dict(conf=a.det_conf, imgsz=imgsz, max_det=max_det, device=dev, batch=a.batch)
 

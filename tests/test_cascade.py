@@ -164,7 +164,8 @@ def test_cli_predict_errors_and_crops(trained, tmp_path, monkeypatch, capsys):
     from workbench.predict import read_predictions
 
     data, detector, classifier = trained
-    monkeypatch.setattr(cli_extensions, "REGISTRY", [*cli_extensions.REGISTRY, cli_cascade.register])
+    if cli_cascade.register not in cli_extensions.REGISTRY:  # before the lead wires it in
+        monkeypatch.setattr(cli_extensions, "REGISTRY", [*cli_extensions.REGISTRY, cli_cascade.register])
     out = tmp_path / "cascade.csv"
     rc = cli.main(["cascade", "predict", str(classifier), str(data), "--detector", str(detector), "--split", "val",
                    "--det-conf", "0.001", "--device", "cpu", "--out", str(out),
@@ -185,3 +186,12 @@ def test_cli_predict_errors_and_crops(trained, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert cli.main(["cascade", "predict", str(tmp_path / "nothing"), str(data), "--out", str(out)]) == 2
     assert "no such classifier run" in capsys.readouterr().err
+    # train + tune in one command: the run gets a cascade.json tuned on val
+    assert cli.main(["cascade", "train", str(data), "--arch", "test_efficientnet", "--size", "32", "--epochs", "1",
+                     "--batch", "16", "--device", "cpu", "--runs-root", str(tmp_path / "runs"), "--name", "c1",
+                     "--balance", "ratio", "--ratio", "2", "--negative", "RBC", "--detector", str(detector),
+                     "--det-grid", "0.001,0.01", "--cls-grid", "0,0.5"]) == 0
+    frozen = read_cascade(tmp_path / "runs" / "c1")
+    assert frozen["det_conf"] in (0.001, 0.01) and frozen["tuning"]["objective"] == "f1"
+    rec = json.loads((tmp_path / "runs" / "c1" / "run.json").read_text())
+    assert rec["balance"]["mode"] == "ratio" and rec["balance"]["ratio"] == 2.0
