@@ -26,6 +26,20 @@ def test_cell_cut_by_a_tile_edge_is_reported_once_with_its_whole_box():
     assert len(merge_table(t, method="nms", metric="iou", threshold=0.5, source="tile")) == 2
 
 
+def test_cut_boxes_complete_a_winning_piece_and_whole_boxes_stay_tight():
+    # the partial piece scores higher than the whole view: it wins and is completed
+    t = _table([(250, 100, 256, 120, "cell", 0.9, 0), (250, 100, 280, 120, "cell", 0.6, 1)]).assign(cut=[True, False])
+    out = merge_table(t, method="nmm", metric="ios", source="tile", cut="cut")
+    assert out[["x1", "x2", "score"]].iloc[0].tolist() == [250, 280, 0.9]
+    # a whole winner absorbs a slightly offset duplicate and a lower second box of the same
+    # other tile, and keeps its own box (a union would grow it past the cell)
+    t = _table([(100, 100, 120, 120, "cell", 0.9, 0), (103, 102, 123, 122, "cell", 0.8, 1),
+                (101, 101, 119, 121, "cell", 0.4, 1)]).assign(cut=False)
+    out = merge_table(t, method="nmm", metric="ios", source="tile", cut="cut")
+    assert len(out) == 1 and out[["x1", "y1", "x2", "y2"]].iloc[0].tolist() == [100, 100, 120, 120]
+    assert out["n_merged"].tolist() == [3]
+
+
 def test_union_of_two_partial_pieces_is_the_whole_cell():
     # a cell cut in both tiles (wider than the overlap strip 240..256): left and right pieces
     t = _table([(230, 50, 256, 70, "cell", 0.7, 0), (240, 50, 275, 70, "cell", 0.8, 1)])
@@ -92,9 +106,13 @@ def test_nms_equals_torchvision_batched_nms():
 
 def test_nmm_labels_representatives_and_union():
     boxes = np.array([[0, 0, 10, 10], [5, 0, 12, 10], [50, 50, 60, 60]], dtype=float)
-    label, reps = nmm(boxes, np.array([0.5, 0.9, 0.7]), threshold=0.5, metric="ios")
-    assert reps.tolist() == [1, 2] and label.tolist() == [0, 0, 1]
+    label, reps, joined = nmm(boxes, np.array([0.5, 0.9, 0.7]), threshold=0.5, metric="ios")
+    assert reps.tolist() == [1, 2] and label.tolist() == [0, 0, 1] and joined.all()
     np.testing.assert_array_equal(union_boxes(boxes, label, 2), [[0, 0, 12, 10], [50, 50, 60, 60]])
+    # with cut flags only a cut representative is completed
+    _, _, joined = nmm(boxes, np.array([0.5, 0.9, 0.7]), threshold=0.5, cut=[False, False, False])
+    assert joined.tolist() == [False, True, True]
+    np.testing.assert_array_equal(union_boxes(boxes, label, 2, joined=joined), [[5, 0, 12, 10], [50, 50, 60, 60]])
 
 
 def test_empty_and_bad_input():

@@ -44,6 +44,20 @@ def test_counts_over_tiles_equal_counts_on_the_whole_image(merge, metric):
     assert out.attrs["tiles"] == n_tiles and out.attrs["skipped"] == 0
 
 
+def test_a_winning_cut_piece_is_completed_to_the_whole_cell():
+    class SureOfPieces(BlobDetector):  # cut pieces outscore whole views
+        def _one(self, a):
+            t = super()._one(a)
+            return t.assign(score=np.where(t["score"] < 0.7, 0.95, 0.5))
+
+    img = blob_image(480, 600, CELLS)
+    out = tiled_predict_image(img, SureOfPieces(), settings=TileSettings(tile=200, overlap=0.25, merge="nmm"))
+    np.testing.assert_array_equal(sorted_boxes(out), sorted_boxes(BlobDetector()([img])[0]))
+    nms_out = tiled_predict_image(img, SureOfPieces(), settings=TileSettings(tile=200, overlap=0.25, merge="nms"))
+    assert len(nms_out) == len(CELLS)  # counted once, but NMS keeps the truncated pieces
+    assert not np.array_equal(sorted_boxes(nms_out), sorted_boxes(out))
+
+
 def test_without_a_cross_tile_merge_cut_cells_would_be_counted_twice():
     img = blob_image(480, 600, CELLS)
     out = tiled_predict_image(img, BlobDetector(), settings=TileSettings(tile=200, overlap=0.25, merge="nms",

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int, default=640, help="tile (two-stage: canvas) side = the detector's imgsz")
     p.add_argument("--overlap", type=float, default=0.2, help="tile overlap (>= largest cell / tile)")
     p.add_argument("--batch", type=int, default=16, help="tiles or canvases per detector call")
-    p.add_argument("--merge", choices=["nmm", "nms"], default="nmm", help="cross-tile merge")
+    p.add_argument("--merge", choices=["nms", "nmm"], default="nms",
+                   help="cross-tile merge: nms keeps a cell's best view, nmm also completes cut pieces")
     p.add_argument("--merge-metric", choices=["ios", "iou"], default="ios")
     p.add_argument("--merge-thr", type=float, default=0.5)
     p.add_argument("--empty-std", type=float, default=None, help="tiled: skip tiles whose grey std is below this")

@@ -6,7 +6,9 @@ flush with the edge). Tiles, pooled across images, go to the detector ``batch`` 
 (one call per batch); boxes are shifted back to image coordinates, clipped to the image and
 merged across tiles by :func:`workbench.merging.merge_table` with the tile as the source,
 so a cell seen by two tiles (or cut by a tile edge) is counted once while two touching
-cells inside one tile stay two.
+cells inside one tile stay two. A box within ``EDGE_PX`` of an inner tile edge is flagged
+``cut``: with NMM, a cut box that wins its group is completed by the union with the other
+tiles' best views of the cell.
 
 A *detector* is any callable ``f(list of 8-bit RGB (H, W, 3) or grey (H, W) arrays) ->
 list of box tables`` (one per array, columns ``x1 y1 x2 y2 class score`` in that array's
@@ -31,6 +33,7 @@ from .predict import COLUMNS, empty_table
 from .tiling import tile_starts
 
 BOX_COLUMNS = ["x1", "y1", "x2", "y2", "class", "score"]
+EDGE_PX = 2.0  # a box this close to an inner tile edge counts as cut by it
 Detector = Callable[[Sequence[np.ndarray]], Sequence[pd.DataFrame]]
 
 
@@ -41,7 +44,10 @@ class TileSettings:
     tile: int = 640  # tile side in pixels (use the detector's training patch size)
     overlap: float = 0.2  # share of a tile shared with its neighbour; >= the largest cell / tile
     batch: int = 16  # tiles per detector call
-    merge: str = "nmm"  # "nmm" (union of the pieces of a cut cell) or "nms" (keep the best piece)
+    # cross-tile merge: "nms" keeps the best view of a cell; "nmm" also completes a winning
+    # cut piece to the whole cell. On held-out MoNuSeg tiles NMS/IoS 0.5 scored best
+    # (mAP50 0.753 vs 0.746 NMM, 0.748 NMS/IoU), hence the default.
+    merge: str = "nms"
     merge_metric: str = "ios"  # "ios" (intersection over smaller box) or "iou"
     merge_thr: float = 0.5  # boxes from different tiles overlapping at least this much are one cell
     empty_std: float | None = None  # skip tiles whose grey std is below this (None: never skip)
@@ -165,8 +171,9 @@ def _to_image(found: list[tuple[pd.DataFrame, str, int, np.ndarray]],
     n = np.array([len(t) for t, *_ in found])
     win = np.repeat(np.array([w for *_, w in found], dtype=float), n, axis=0)
     size = np.repeat(np.array([shapes[name][::-1] for _, name, _, _ in found], dtype=float), n, axis=0)  # w, h
-    xyxy = raw[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float) + np.tile(win[:, :2], 2)
-    xyxy = np.clip(xyxy, 0, np.tile(size, 2))
+    local = raw[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
+    raw["cut"] = touches_inner_edge(local, win, size)
+    xyxy = np.clip(local + np.tile(win[:, :2], 2), 0, np.tile(size, 2))
     raw[["x1", "y1", "x2", "y2"]] = xyxy
     raw["image"] = np.repeat([name for _, name, _, _ in found], n)
     raw["tile"] = np.repeat([k for _, _, k, _ in found], n)
@@ -179,12 +186,24 @@ def tiled_predict_image(image: np.ndarray, detector: Detector, *, settings: Tile
     return tiled_predict(detector, [(name, image)], settings=settings)
 
 
+def touches_inner_edge(local: np.ndarray, windows: np.ndarray, image_wh: np.ndarray, *,
+                       edge_px: float = EDGE_PX) -> np.ndarray:
+    """Whether each box (in its window's pixels) reaches within ``edge_px`` of a window edge
+    that lies inside the image: a cell the window may have cut."""
+    w = windows[:, 2] - windows[:, 0]
+    h = windows[:, 3] - windows[:, 1]
+    return (((local[:, 0] <= edge_px) & (windows[:, 0] > 0))
+            | ((local[:, 1] <= edge_px) & (windows[:, 1] > 0))
+            | ((local[:, 2] >= w - edge_px) & (windows[:, 2] < image_wh[:, 0]))
+            | ((local[:, 3] >= h - edge_px) & (windows[:, 3] < image_wh[:, 1])))
+
+
 def _merged(raw: pd.DataFrame | None, settings: TileSettings, order: Mapping[str, int]) -> pd.DataFrame:
     if raw is None or raw.empty:
         return empty_table()
     raw["class"] = raw["class"].astype(str)
     merged = merge_table(raw, method=settings.merge, metric=settings.merge_metric, threshold=settings.merge_thr,
-                         by=("image", "class"), source="tile")
+                         by=("image", "class"), source="tile", cut="cut")
     return sort_table(merged[COLUMNS], order)
 
 
@@ -292,5 +311,5 @@ def predict_large(model: Any, source: Any, *, settings: TileSettings = TileSetti
 
 __all__ = ["BOX_COLUMNS", "Detector", "TileSettings", "YoloDetector", "check_box_table", "check_image", "is_empty",
            "predict_large", "read_images", "run_batched", "sort_table", "tile_windows",
-           "tiled_predict", "tiled_predict_image", "to_bgr"]
+           "tiled_predict", "tiled_predict_image", "to_bgr", "touches_inner_edge"]
 

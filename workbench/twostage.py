@@ -36,7 +36,7 @@ import pandas as pd
 from .merging import METHODS, METRICS, merge_table, nms, overlap_pairs, union_boxes
 from .predict import COLUMNS, empty_table
 from .tiled_inference import (BOX_COLUMNS, Detector, TileSettings, run_batched, sort_table, tile_windows,
-                              tiled_predict_image, check_image)
+                              tiled_predict_image, check_image, touches_inner_edge)
 
 LAYOUT_COLUMNS = ["piece", "region", "canvas", "cx", "cy", "x0", "y0", "x1", "y1"]
 
@@ -61,7 +61,7 @@ class TwoStageSettings:
     fill: str | int = "median"  # canvas background: "median" colour of the image, or a grey value
     min_inside: float = 0.5  # canvas boxes with less than this share inside one piece are dropped
     batch: int = 16  # canvases (and stage-1 tiles) per detector call
-    merge: str = "nmm"  # cross-piece merge (see workbench.tiled_inference.TileSettings)
+    merge: str = "nms"  # cross-piece merge (see workbench.tiled_inference.TileSettings)
     merge_metric: str = "ios"
     merge_thr: float = 0.5
 
@@ -316,8 +316,12 @@ def fine_detect(image: np.ndarray, regions: np.ndarray, detector: Detector, *,
     if boxes.empty:
         return pd.DataFrame(columns=BOX_COLUMNS), layout
     boxes["class"] = boxes["class"].astype(str)
+    win = layout.set_index("piece").loc[boxes["piece"].to_numpy(), ["x0", "y0", "x1", "y1"]].to_numpy(dtype=float)
+    local = boxes[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float) - np.tile(win[:, :2], 2)
+    size = np.tile([image.shape[1], image.shape[0]], (len(boxes), 1)).astype(float)
+    boxes["cut"] = touches_inner_edge(local, win, size)
     merged = merge_table(boxes, method=s.merge, metric=s.merge_metric, threshold=s.merge_thr, by=("class",),
-                         source="piece")
+                         source="piece", cut="cut")
     return merged[BOX_COLUMNS].reset_index(drop=True), layout
 
 
