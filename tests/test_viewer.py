@@ -129,7 +129,9 @@ def test_editing_the_layer_and_saving_writes_a_new_version(tmp_path, close_all):
     ins.set_class("Platelets")
     layer.add_rectangles(np.array([[[10, 10], [10, 40], [35, 40], [35, 10]]], dtype=float))  # draw
     layer.selected_data = {0}
-    assert ins.relabel_selected("WBC" if old["class"][0] != "WBC" else "RBC") == 1
+    ins.set_class("WBC" if old["class"][0] != "WBC" else "RBC")  # choosing a class relabels the selection
+    assert not layer.selected_data and ins.relabel_selected() == 0
+    assert ins.dock.classes.currentText() == ins.current_class
     assert len(layer.data) == n
     assert np.allclose(layer.edge_color[-1], np.array([*EDITED_COLOUR, 255]) / 255)
 
@@ -186,6 +188,16 @@ def test_queue_keys_and_dock_navigation(bccd_canonical, close_all):
     assert ins.image == queue.images[1]
     assert [int(ins.dock.table.item(r, 1).text()) for r in (3, 4)] == \
         [queue.metrics_of(ins.image)["fn"], queue.metrics_of(ins.image)["fp"]]
+    # a prediction accepted as a label: same box and class, marked edited, kept while browsing
+    n = len(ins.gt_layer.data)
+    ins.pred_layer.selected_data = {0}
+    assert ins.accept_selected_predictions() == 1
+    got = layer_boxes(ins.gt_layer).iloc[-1]
+    want = queue.pred_boxes(ins.image).iloc[0]
+    assert len(ins.gt_layer.data) == n + 1 and got["class"] == want["class"] and got["display"] == "edited"
+    assert [got[c] for c in BOX] == [want[c] for c in BOX]
+    ins.next()
+    assert queue.images[1] in ins.pending and len(ins.edits()) == 1
 
 
 def test_cli_inspect_writes_a_screenshot_with_boxes_and_text(tmp_path, capsys):

@@ -437,11 +437,19 @@ class Inspector:
             self.pending[image] = now
 
     def set_class(self, cls: str) -> None:
-        """Class for boxes drawn from now on (and for :meth:`relabel_selected`)."""
+        """Class for boxes drawn from now on; selected label boxes take it at once (as napari
+        applies its current properties to a selection)."""
         if self.queue.classes and cls not in self.queue.classes:
             raise ValueError(f"class {cls!r} is not one of {self.queue.classes}")
         self.current_class = cls
-        self._set_defaults()
+        if self.dock is not None and self.dock.classes.currentText() != cls:
+            self.dock.classes.blockSignals(True)  # the dock's chooser follows calls from code
+            self.dock.classes.setCurrentText(cls)
+            self.dock.classes.blockSignals(False)
+        if self.gt_layer.selected_data:
+            self.relabel_selected(cls)
+        else:
+            self._set_defaults()
 
     def relabel_selected(self, cls: str | None = None) -> int:
         """Give the selected label boxes class ``cls`` (default: the current class)."""
