@@ -12,10 +12,12 @@ XVFB := $(shell command -v xvfb-run 2>/dev/null)
 DATASET ?= bccd
 PROFILE ?= smoke
 RUN ?=
+GT ?= data/generated/bccd
+SPLIT ?= val
 
-.PHONY: demo test lab audit env clean-outputs help
+.PHONY: demo test lab audit inspect env clean-outputs help
 help:
-	@echo "make demo | make test | make lab | make audit DATASET=bccd|monuseg|mnfinder | make env"
+	@echo "make demo | make test | make lab | make audit DATASET=bccd|monuseg|mnfinder | make inspect RUN=... | make env"
 
 env: $(STAMP)
 
@@ -44,6 +46,11 @@ lab: $(STAMP)
 
 audit: $(STAMP)
 	$(PY) -m workbench notebook 01_dataset_audit -p dataset $(DATASET) -p profile $(PROFILE)
+
+# napari on the hard cases of a run: make inspect RUN=outputs/runs/<id> [GT=dataset folder] [SPLIT=val]
+inspect: $(STAMP)
+	@test -n "$(RUN)" || (echo "usage: make inspect RUN=outputs/runs/<run_id> [GT=$(GT)] [SPLIT=$(SPLIT)]"; exit 2)
+	$(PY) -m workbench inspect $(RUN) --gt $(GT) --split $(SPLIT)
 
 clean-outputs:
 	rm -rf outputs/demo outputs/notebooks outputs/audit
