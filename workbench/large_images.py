@@ -263,8 +263,9 @@ def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = 
     per_image = pd.DataFrame(rows)
     pred = pd.concat(preds, ignore_index=True)
     table = score_methods(per_image, pred, gt, count_thr=prof.count_thr)
-    base, train, test, note = split_images(prof)
     from .runs import read_run_record
+
+    _, train, test, note = split_images(prof)
 
     info = {"profile": asdict(prof), "run": str(run_dir), "run_id": run_dir.name, "train_images": train,
             "test_images": test, "n_true": int(len(gt)), "note": note, "device": describe_device(dev),
