@@ -331,24 +331,28 @@ def verdict(table: pd.DataFrame, *, speedup: float = 3.0, max_loss_points: float
 
 
 def time_vs_accuracy(table: pd.DataFrame, *, title: str = "Large images: time vs mAP50"):
-    """Total seconds (all test images) against mAP50, one marker per method and setting."""
+    """Total seconds (all test images) against mAP50, one numbered marker per method and
+    setting; the numbers are keyed beside the axes (settings crowd each other otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    fig, ax = plt.subplots(figsize=(9, 4.5))
     markers = {ONE_STAGE: "o", TWO_STAGE: "s", WHOLE: "^"}
+    key = []
     for method, g in table.groupby("method", sort=False):
         ax.scatter(g["total_s"], g["map50"], marker=markers.get(method, "o"), s=50, label=method, edgecolor="k")
-        for r in g.itertuples():
-            ax.annotate(r.setting, (r.total_s, r.map50), textcoords="offset points", xytext=(5, 3), fontsize=6)
+        for k, r in g.iterrows():
+            ax.annotate(str(k + 1), (r["total_s"], r["map50"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            key.append(f"{k + 1}: {method}, {r['setting']}")
     ax.set(xlabel="total seconds for the test images (median of repeats)", ylabel="mAP50 (workbench.metrics)",
            title=title)
     ax.set_xlim(left=0)
     ax.set_ylim(0, max(0.1, float(np.nanmax(table["map50"])) * 1.15) if len(table) else 1)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    ax.legend(fontsize=8, loc="lower right")
+    fig.text(0.62, 0.5, "\n".join(sorted(key, key=lambda t: int(t.split(":")[0]))), fontsize=6.5, va="center")
+    fig.subplots_adjust(right=0.6)
     return fig
 
 
