@@ -57,3 +57,11 @@ def test_model_size_notebook_smoke(tmp_path):
     table = pd.read_csv(tmp_path / "model_size.csv")
     assert table["model"].tolist() == ["yolov8n", "yolov8s"]
     assert table["params"].is_monotonic_increasing and (table["latency_ms"] > 0).all()
+
+
+def test_large_images_notebook_smoke(tmp_path):
+    executed = run_notebook("07_large_images", {"profile": "smoke", "work_dir": str(tmp_path / "work")},
+                            out_dir=tmp_path / "out")
+    assert not _errors(executed)
+    tables = list((tmp_path / "out").rglob("*.csv"))
+    assert tables, "notebook 07 wrote no time-vs-accuracy table"
