@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .hardcases import DISPLAY_COLOURS, DISPLAY_LABELS, HardCaseQueue, read_display_image, step, text_shown
+from .hardcases import DISPLAY_COLOURS, DISPLAY_LABELS, HardCaseQueue, case_pixels, step, text_shown
 from .overlays import display_rgb
 
 __all__ = ["Gallery", "gallery", "metrics_html", "png_bytes", "render_case"]
@@ -119,16 +119,7 @@ class Gallery:
         self.show(start)
 
     def _pixels(self, image: str) -> np.ndarray:
-        src = self.images.get(image)
-        if isinstance(src, np.ndarray):
-            return src
-        if src is not None:
-            return read_display_image(src)
-        ref = self.queue.refs.get(image)
-        if ref is None:
-            raise KeyError(f"no pixels for image {image!r}: pass images= or build the queue with "
-                           "hardcases.load_queue")
-        return read_display_image(ref, original=self.original)
+        return case_pixels(self.queue, self.images, image, original=self.original)
 
     def render(self, index: int) -> np.ndarray:
         image = self.queue.images[index]

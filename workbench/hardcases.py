@@ -348,3 +348,18 @@ def read_display_image(ref: ImageRef | str | Path, *, original: bool = True) -> 
         if ref.width is None or (info.width, info.height) == (ref.width, ref.height):
             return arr
     return read_image(ref.file)[0]
+
+
+def case_pixels(queue: "HardCaseQueue", images: dict, image: str, *, original: bool = True) -> np.ndarray:
+    """Pixels of ``image`` for display: a given array or path in ``images``, else the queue's
+    reference (the original file when ``original`` and it still exists)."""
+    src = images.get(image)
+    if isinstance(src, np.ndarray):
+        return src
+    if src is not None:
+        return read_display_image(src)
+    ref = queue.refs.get(image)
+    if ref is None:
+        raise KeyError(f"no pixels for image {image!r}: pass images= or build the queue with "
+                       "hardcases.load_queue (image references from meta.csv)")
+    return read_display_image(ref, original=original)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from .hardcases import (DISPLAY_COLOURS, DISPLAY_LABELS, HardCaseQueue, build_queue, read_display_image,
+from .hardcases import (DISPLAY_COLOURS, DISPLAY_LABELS, HardCaseQueue, build_queue, case_pixels, read_display_image,
                         requeue, step, text_shown)
 
 __all__ = ["EDITED_COLOUR", "Inspector", "NoDisplayError", "boxes_to_rectangles", "box_layer_style",
@@ -379,16 +379,7 @@ class Inspector:
             self.dock.refresh()
 
     def _pixels(self, image: str) -> np.ndarray:
-        src = self.images.get(image)
-        if isinstance(src, np.ndarray):
-            return src
-        if src is not None:
-            return read_display_image(src)
-        ref = self.queue.refs.get(image)
-        if ref is None:
-            raise KeyError(f"no pixels for image {image!r}: pass images= or build the queue with "
-                           "hardcases.load_queue (image references from meta.csv)")
-        return read_display_image(ref, original=self.original)
+        return case_pixels(self.queue, self.images, image, original=self.original)
 
     def _set_image(self, arr: np.ndarray) -> None:
         # Layers are updated, never removed: removing layers next to an image crashed napari
