@@ -120,12 +120,17 @@ def library_meta(base: Batch, batches: Sequence[Batch], held_out: Sequence[Batch
             raise ValueError("image_meta needs an 'image_id' column")
         extra = image_meta.drop_duplicates("image_id").set_index("image_id")
         for col in extra.columns:
-            per_image = meta["image_id"].map(extra[col])
-            if col in meta:
-                meta[col] = per_image.where(per_image.notna(), meta[col])
-            else:
-                meta[col] = per_image
+            per_image = meta["image_id"].map(extra[col].astype(object))  # ints stay ints beside blanks
+            merged = per_image.where(per_image.notna(), meta[col]) if col in meta else per_image
+            meta[col] = merged.map(_plain).astype(object)
     return meta
+
+
+def _plain(v: Any) -> Any:
+    """2.0 -> 2 (pandas turns integer columns with blanks into floats); NaN -> ''."""
+    if isinstance(v, float):
+        return "" if v != v else int(v) if v.is_integer() else v
+    return v
 
 
 def write_library(base: Batch, batches: Sequence[Batch], out: str | Path, *, held_out: Sequence[Batch] = (),

@@ -1,0 +1,94 @@
+"""Libraries (base + named batches) written as canonical datasets from real BCCD images."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from _tiny import tiny_bccd
+from conftest import checksums
+from workbench.canonical import load_dataset, read_meta
+from workbench.library import Batch, library_meta, partition, read_library, write_library
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return tiny_bccd(tmp_path_factory.mktemp("lib") / "bccd", n_train=8, n_val=4)
+
+
+def _ids(source, split):
+    m = read_meta(source)
+    return m.loc[m["split"] == split, "image_id"].tolist()
+
+
+def test_partition_is_seeded_disjoint_and_checked():
+    ids = [f"im{k}" for k in range(20)]
+    a = partition(ids, [5, 5, 3], seed=0)
+    assert [len(c) for c in a] == [5, 5, 3] and len(set().union(*a)) == 13
+    assert a == partition(ids, [5, 5, 3], seed=0) and a != partition(ids, [5, 5, 3], seed=1)
+    assert partition(ids, [5], seed=0)[0] == a[0]  # a longer cut starts the same way
+    with pytest.raises(ValueError, match="need 21"):
+        partition(ids, [20, 1])
+
+
+def test_base_plus_batches_with_metadata_weights_and_fixed_held_out(source, tmp_path):
+    before = checksums(source)
+    train, val = _ids(source, "train"), _ids(source, "val")
+    base = Batch("base", source, tuple(train[:4]), meta={"centre": "A", "colour": "colour", "style_level": 0})
+    b1 = Batch("b1", source, tuple(train[4:6]), meta={"date": "2026-01-10", "dose_group": "2Gy"})
+    b2 = Batch("b2", source, tuple(train[6:8]), meta={"date": "2026-02-01", "magnification": "40x"}, weight=3)
+    test = Batch("fixed_test", source, tuple(val), split="test")
+    per_image = pd.DataFrame({"image_id": [train[0]], "style_level": [2]})
+    out = write_library(base, [b1, b2], tmp_path / "lib", held_out=[test], image_meta=per_image)
+    ds = load_dataset(out)
+    m = ds.images.set_index("image_id")
+    assert m["batch"].value_counts().to_dict() == {"base": 4, "b1": 2, "b2": 2, "fixed_test": 4}
+    assert m.loc[train[4], "dose_group"] == "2Gy" and m.loc[train[7], "magnification"] == "40x"
+    assert str(m.loc[train[1], "style_level"]) == "0"  # batch value
+    assert str(m.loc[train[0], "style_level"]) == "2"  # the per-image value wins
+    assert m.loc[val, "split"].eq("test").all()
+    # weights: b2's training images are listed three times
+    lines = (out / "train.txt").read_text().splitlines()
+    assert len(lines) == 4 + 2 + 3 * 2 and lines.count(f"./{m.loc[train[6], 'file']}") == 3
+    rec = read_library(out)
+    assert [b["name"] for b in rec["batches"]] == ["b1", "b2"] and rec["batches"][1]["weight"] == 3
+    assert rec["train_images"] == 8 and rec["train_list_entries"] == 12 and rec["held_out"][0]["images"] == 4
+    src = load_dataset(source).objects
+    assert len(ds.objects) == len(src)  # every image of the source joined once, with all its boxes
+    assert checksums(source) == before  # the source is never modified
+
+
+def test_repeated_images_bad_metadata_and_weights_are_refused(source, tmp_path):
+    train = _ids(source, "train")
+    with pytest.raises(ValueError, match="in several batches"):
+        library_meta(Batch("base", source, tuple(train[:3])), [Batch("b1", source, tuple(train[2:4]))])
+    with pytest.raises(ValueError, match="unknown metadata"):
+        Batch("b", source, meta={"stain": "HE"})
+    with pytest.raises(ValueError, match="integer repeat factor"):
+        Batch("b", source, weight=1.5)
+    with pytest.raises(ValueError, match="not in"):
+        library_meta(Batch("base", source, ("nope",)), [])
+    with pytest.raises(ValueError, match="names repeat"):
+        library_meta(Batch("x", source, tuple(train[:1])), [Batch("x", source, tuple(train[1:2]))])
+    assert not (tmp_path / "lib").exists()
+
+
+def test_downscale_halves_images_keeps_labels_and_scales_boxes(source, tmp_path):
+    train = _ids(source, "train")[:3]
+    out = write_library(Batch("base", source, tuple(train)), [], tmp_path / "half", downscale=2)
+    full, half = load_dataset(source), load_dataset(out)
+    fm, hm = full.images.set_index("image_id"), half.images.set_index("image_id")
+    for i in train:
+        with Image.open(out / hm.loc[i, "file"]) as im:
+            assert im.size == (fm.loc[i, "width"] // 2, fm.loc[i, "height"] // 2) == (hm.loc[i, "width"], hm.loc[i, "height"])
+        assert (out / hm.loc[i, "label_file"]).read_text() == (source / fm.loc[i, "label_file"]).read_text()
+    objs_full = pd.read_csv(source / "objects.csv", dtype={"image_id": str})
+    objs_half = pd.read_csv(out / "objects.csv", dtype={"image_id": str})
+    a = objs_full[objs_full.image_id.isin(train)][["x1", "y1", "x2", "y2"]].to_numpy()
+    assert np.allclose(objs_half[["x1", "y1", "x2", "y2"]].to_numpy(), a / 2, atol=1.0)
+    assert json.loads((out / "dataset.json").read_text())["library"]["downscale"] == 2
+    with pytest.raises(ValueError, match="downscale"):
+        write_library(Batch("base", source, tuple(train)), [], tmp_path / "third", downscale=3)
