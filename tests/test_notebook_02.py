@@ -1,0 +1,48 @@
+"""Notebook 02 (style levels) executes end to end with papermill on real BCCD (smoke profile)."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pandas as pd
+
+from workbench.notebooks import run_notebook
+from workbench.style_study import PROFILES
+
+
+def _errors(executed) -> list[str]:
+    nb = nbformat.read(executed, as_version=4)
+    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_style_levels_notebook_smoke(tmp_path):
+    executed = run_notebook("02_style_levels", {"target": "bccd", "profile": "smoke"}, out_dir=tmp_path)
+    assert not _errors(executed)
+    prof = PROFILES["smoke"]
+    heat = pd.read_csv(tmp_path / "heatmap_map50.csv", dtype={"train_subset": str})
+    assert heat["train_subset"].tolist() == ["0", "0-2"]  # the profile's level subsets, in order
+    assert {"all", "0", "1", "2"} <= set(heat.columns)
+    values = heat.drop(columns="train_subset").to_numpy(float)
+    assert ((values >= 0) & (values <= 1)).all()
+    per_level = pd.read_csv(tmp_path / "per_level.csv", dtype={"test_level": str})
+    lv = per_level[(per_level["experiment"] == "level subsets") & (per_level["test_level"] != "all")]
+    assert lv.groupby("run_id")["test_images"].sum().eq(prof.test_images).all()  # levels partition the test split
+    inc = pd.read_csv(tmp_path / "incremental.csv")
+    assert inc["step"].tolist() == list(range(len(prof.batch_images) + 1))
+    assert inc["train_images"].tolist() == [prof.base_images + sum(prof.batch_images[:k])
+                                            for k in range(len(prof.batch_images) + 1)]
+    # the fixed test split is the same for every run
+    assert per_level[per_level["test_level"] == "all"]["test_images"].nunique() == 1
+    caption = (tmp_path / "heatmap_map50.caption.txt").read_text()
+    assert "DERIVED" in caption and "sharpness" in caption and "Fixed test split" in caption
+    runs = pd.read_csv(tmp_path / "runs.csv")
+    assert (runs["epochs"] == prof.epochs).all() and (runs["epochs_rule"] >= 1).all()
+    rec = json.loads((tmp_path / "study" / "runs" / runs["run_id"].iloc[0] / "run.json").read_text())
+    assert rec["training_length"]["overridden"] is True and rec["training_length"]["epochs"] == prof.epochs
+    assert rec["style_study"]["levels_rule"]["derived"] is True
+    comp = pd.read_csv(tmp_path / "composition.csv")
+    assert set(comp["item"]) == {"good", "dense", "sparse", "positive"}
+    assert comp["achieved_n"].iloc[:3].sum() == prof.base_images
+    for fig in ("heatmap_map50", "incremental_map50"):
+        assert (tmp_path / f"{fig}.png").exists() and (tmp_path / f"{fig}.pdf").exists()
