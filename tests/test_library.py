@@ -92,3 +92,23 @@ def test_downscale_halves_images_keeps_labels_and_scales_boxes(source, tmp_path)
     assert json.loads((out / "dataset.json").read_text())["library"]["downscale"] == 2
     with pytest.raises(ValueError, match="downscale"):
         write_library(Batch("base", source, tuple(train)), [], tmp_path / "third", downscale=3)
+
+
+def test_a_library_grows_one_batch_at_a_time_into_a_new_folder(source, tmp_path):
+    from workbench.library import add_batch
+
+    train, val = _ids(source, "train"), _ids(source, "val")
+    old = write_library(Batch("base", source, tuple(train[:4]), meta={"centre": "A"}), [], tmp_path / "v1",
+                        held_out=[Batch("fixed_test", source, tuple(val), split="test")],
+                        image_meta=pd.DataFrame({"image_id": train[:4], "style_level": [0, 1, 2, 3]}))
+    before = checksums(old)
+    new = add_batch(old, Batch("b1", source, tuple(train[4:7]), meta={"style_level": 1, "date": "2026-03"}, weight=2),
+                    tmp_path / "v2")
+    assert checksums(old) == before  # the earlier library is kept as it was
+    m = read_meta(new).set_index("image_id")
+    assert m["batch"].value_counts().to_dict() == {"base": 4, "b1": 3, "fixed_test": 4}
+    assert m.loc[train[:4], "style_level"].astype(str).tolist() == ["0", "1", "2", "3"]  # per-image levels kept
+    assert m.loc[train[4:7], "style_level"].astype(str).eq("1").all() and m.loc[val, "split"].eq("test").all()
+    assert read_library(new)["train_list_entries"] == 4 + 2 * 3
+    with pytest.raises(ValueError, match="new folder"):
+        add_batch(new, Batch("b2", source, tuple(train[7:])), new)

@@ -207,7 +207,7 @@ def library_record(base: Batch, batches: Sequence[Batch], held_out: Sequence[Bat
     def one(b: Batch, role: str) -> dict[str, Any]:
         rows = meta[meta["batch"] == b.name]
         return {"name": b.name, "role": role, "dataset": str(Path(b.dataset).resolve()), "meta": dict(b.meta),
-                "weight": b.weight, "images": int(len(rows)),
+                "weight": b.weight, "split": b.split, "images": int(len(rows)),
                 "splits": {str(s): int(n) for s, n in rows["split"].value_counts().items()}}
 
     train = meta[meta["split"] == "train"]
@@ -224,6 +224,31 @@ def read_library(root: str | Path) -> dict[str, Any]:
     if "library" not in info:
         raise ValueError(f"{root}: not a library (dataset.json has no 'library' record)")
     return info["library"]
+
+
+def add_batch(library: str | Path, batch: Batch, out: str | Path, *, overwrite: bool = False) -> Path:
+    """A new library at ``out``: the library at ``library`` plus ``batch`` (the old one is untouched).
+
+    Batches, their images, metadata, weights, held-out images and downscale are taken from
+    the old library's record, so a library can be grown one batch at a time.
+    """
+    library = Path(library)
+    if Path(out).resolve() == library.resolve():
+        raise ValueError(f"{out}: write the grown library to a new folder (the old one is kept as it is)")
+    rec = read_library(library)
+    meta = read_meta(library)
+
+    def again(b: dict[str, Any]) -> Batch:
+        ids = tuple(meta.loc[meta["batch"] == b["name"], "image_id"].astype(str))
+        return Batch(b["name"], Path(b["dataset"]), ids, b["meta"], int(b["weight"]), b.get("split"))
+
+    # per-image values (levels, groups ...) of the images already in; the new batch brings its own
+    per_image = [c for c in meta.columns if c not in set(read_meta(Path(rec["base"]["dataset"])).columns)
+                 | {"batch", "batch_role", "batch_weight"}]
+    image_meta = meta[["image_id", *per_image]] if per_image else None
+    return write_library(again(rec["base"]), [again(b) for b in rec["batches"]] + [batch], out,
+                         held_out=[again(b) for b in rec["held_out"]], image_meta=image_meta,
+                         downscale=int(rec["downscale"]), overwrite=overwrite, note=rec.get("note"))
 
 
 def _link(a: Path, b: Path) -> None:
