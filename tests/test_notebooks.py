@@ -65,3 +65,22 @@ def test_large_images_notebook_smoke(tmp_path):
     assert not _errors(executed)
     tables = list((tmp_path / "out").rglob("*.csv"))
     assert tables, "notebook 07 wrote no time-vs-accuracy table"
+
+
+def test_independent_test_notebook_smoke(tmp_path):
+    executed = run_notebook("05_independent_test", {"dataset": "bccd", "profile": "smoke",
+                                                    "work_dir": str(tmp_path / "work")}, out_dir=tmp_path / "out")
+    assert not _errors(executed)
+    out = tmp_path / "out"
+    rates = pd.read_csv(out / "rates.csv")
+    assert set(rates["system"]) == {"detector-only", "cascade"}
+    assert set(rates["metric"]) == {"detection_rate", "classification_rate", "fp_rate", "fn_rate"}
+    assert "all" in set(rates["group"]) and len(set(rates["group"])) > 1  # overall and per density group
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["split"] == "test" and settings["test_images"] == 6
+    cascade = pd.read_csv(out / "predictions_cascade.csv")
+    assert {"det_class", "det_score", "cls_class", "cls_prob", "final_class", "changed"} <= set(cascade.columns)
+    pf = pd.read_csv(out / "pass_fail.csv")
+    assert {"target", "passed", "passed_ci"} <= set(pf.columns)
+    for fig in ("class_share", "cell_size", "neighbourhood", "worst_overlays"):
+        assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()

@@ -39,6 +39,10 @@ def demo_jobs(profile: str) -> list[Job]:
         Job("03_pretrain_vs_scratch", {"target": "bccd", "profile": profile},
             "Pretrain on H&E nuclei (MoNuSeg) vs scratch, fine-tuned on BCCD"),
         Job("04_model_size", {"target": "bccd", "profile": profile}, "Model size vs mAP50 and latency on BCCD"),
+        Job("05_independent_test", {"dataset": "bccd", "profile": profile},
+            "Independent test: cascade vs detector-only on BCCD (WBC, Platelets vs RBC), rates with CIs"),
+        Job("05_independent_test", {"dataset": "mnfinder", "group_by": "set", "profile": profile},
+            "Independent test: micronuclei vs nuclei (MNFinder), per acquisition set"),
         Job("06_inspect_hard_cases", {"profile": profile}, "Hard-case queue (GT vs predictions, TP/FP/FN)"),
         Job("07_large_images", {"profile": profile}, "Large images: tiled vs two-stage vs resized, time vs accuracy"),
     ]

@@ -235,3 +235,36 @@ def _record(root: Path, *, ratios: tuple[float, ...], seed: int, group_by: str |
                      "assigned": int(summary["assigned"].sum()), "moved": int(summary["moved"].sum()),
                      "images": {r.split: r.images for r in summary.itertuples()}}
     write_text(info_path, json.dumps(info, indent=2, default=str) + "\n")
+
+
+def hold_out(meta: pd.DataFrame, *, source: str = "val", target: str = "test", fraction: float = 0.5,
+             seed: int = 0, group_by: str | None = None) -> pd.Series:
+    """Move a seeded ``fraction`` of the ``source`` split into ``target``; return the new split column.
+
+    For datasets whose official split has no test part (BCCD has train/val only): half of
+    val becomes an independent test set that models are never tuned on. Same hash order and
+    grouping as :func:`assign_splits`, so the choice is stable and a group never straddles.
+    """
+    if target not in SPLITS or source not in SPLITS or source == target:
+        raise ValueError(f"source and target must be two different splits of {SPLITS}, got {source!r} -> {target!r}")
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"fraction must be between 0 and 1 (exclusive), got {fraction}")
+    split = _existing(meta)
+    if split.eq(target).any():
+        raise ValueError(f"the dataset already has {int(split.eq(target).sum())} {target!r} image(s); "
+                         f"nothing to hold out")
+    pool = split.eq(source)
+    if not pool.any():
+        raise ValueError(f"no image is in split {source!r}; splits present: {sorted(set(split) - {''})}")
+    units = _units(meta, group_by)[pool]
+    sizes = units.value_counts()
+    want = fraction * float(pool.sum())
+    taken: set[str] = set()
+    n = 0.0
+    for unit in sorted(sizes.index, key=lambda u: _order_key(seed, u)):
+        if n + sizes[unit] / 2 > want:  # a unit that would overshoot by more than half of it stays
+            continue
+        taken.add(unit)
+        n += float(sizes[unit])
+    moved = units[units.isin(taken)].index
+    return split.where(~split.index.isin(moved), target).rename("split")
