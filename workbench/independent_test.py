@@ -369,7 +369,8 @@ def write_outputs(result: TestResult, out: Path, *, normal: Sequence[str], n_gal
         "positive_ratio": (stats_plots.per_image_boxplot(st["ratio_truth"], "positive_fraction", group=group),
                            "Positive share per image (GT). " + cap),
         "cell_size": (stats_plots.cell_size_violins(st["sizes_truth"], group=group),
-                      "Box area / image area per class (GT). " + cap),
+                      "Box area as a fraction of the image (left) and relative to the mean normal cell of the "
+                      "same image (right), per class (GT). " + cap),
         "neighbourhood": (stats_plots.neighbourhood_curves(st["neighbourhood_truth"], group=group),
                           "Normal cells within k x the mean positive-cell radius of each positive cell "
                           "(radius = sqrt(area/pi)); line = mean over images, band = range. " + cap),
