@@ -112,3 +112,32 @@ def test_a_library_grows_one_batch_at_a_time_into_a_new_folder(source, tmp_path)
     assert read_library(new)["train_list_entries"] == 4 + 2 * 3
     with pytest.raises(ValueError, match="new folder"):
         add_batch(new, Batch("b2", source, tuple(train[7:])), new)
+
+
+def _cli(argv: list[str]) -> int:
+    import argparse
+
+    from workbench import cli_library
+
+    parser = argparse.ArgumentParser(prog="workbench")
+    cli_library.register(parser.add_subparsers(dest="cmd", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_levels_compose_and_add(source, tmp_path, capsys):
+    assert _cli(["library", "levels", str(source), "--out", str(tmp_path / "levels.csv"), "--k", "2"]) == 0
+    levels = pd.read_csv(tmp_path / "levels.csv")
+    assert len(levels) == 12 and set(levels["style_level"]) == {0, 1}
+    assert json.loads((tmp_path / "levels.rule.json").read_text())["derived"] is True
+    # 8 training images: a 6:2:2 library of 10 cannot be met -> warnings, and the report says so
+    assert _cli(["library", "compose", str(source), "--out", str(tmp_path / "lib"), "--n", "10",
+                 "--positive-class", "Platelets", "--min-positive", "0.2", "--batch", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "WARNING: group" in out and "rule of thumb" in out and "DERIVED" in out
+    rec = read_library(tmp_path / "lib")
+    assert rec["base"]["images"] <= 8 and rec["held_out"][0]["images"] == 4 and rec["note"]["warnings"]
+    (tmp_path / "ids.txt").write_text("\n".join(_ids(source, "val")[:2]) + "\n")
+    with pytest.raises(ValueError, match="in several batches"):  # held-out images cannot join again
+        _cli(["library", "add", str(tmp_path / "lib"), "--name", "b1", "--dataset", str(source),
+              "--ids", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "lib2")])

@@ -179,3 +179,27 @@ def measure(root: str | Path, *, workers: int | None = 1) -> pd.DataFrame:
     from .audit import audit_dataset
 
     return audit_dataset(root, workers=workers, near_dup_distance=-1).images
+
+
+CROWDING = {0: "sparse", 1: "good", 2: "dense"}  # fewest objects = sparse, middle = good, most = dense
+
+
+def crowding_groups(images: pd.DataFrame, *, column: str = "n_objects", fit: pd.Series | None = None
+                    ) -> tuple[pd.Series, LevelRule]:
+    """good / dense / sparse per image from tertiles of ``column`` (fitted on rows where ``fit``).
+
+    A stand-in for the lab's judgement of image density where none is recorded; the rule
+    (with its cut points) is returned so captions can state it.
+    """
+    fitted = derive_levels(images[fit] if fit is not None else images, LevelRule("quantile", column, k=3, best="low")).rule
+    lv = derive_levels(images, fitted).table[LEVEL]
+    return pd.Series(lv.map(CROWDING).fillna("unmeasured").to_numpy(), index=images.index), fitted
+
+
+def crowding_text(rule: LevelRule) -> str:
+    """Caption text for :func:`crowding_groups`."""
+    e = rule.edges or ()
+    if len(e) != 2:
+        return rule.describe()
+    return (f"composition groups DERIVED from {rule.column!r} tertiles: sparse <= {e[0]:.4g} < good <= {e[1]:.4g} "
+            f"< dense")

@@ -32,7 +32,8 @@ from . import datasets
 from .canonical import read_meta
 from .composition import Composition, compose, parse_ratios, record_training_length, training_length
 from .library import Batch, partition, write_library
-from .style_levels import LEVEL, LevelRule, StyleLevels, derive_levels, level_name, measure
+from .style_levels import (LEVEL, LevelRule, StyleLevels, crowding_groups, crowding_text, derive_levels, level_name,
+                           measure)
 
 LEVELS, INCREMENTAL = "level subsets", "incremental"
 GROUPS = ("good", "dense", "sparse")  # composition groups, in the lab's 6:2:2 order
@@ -165,23 +166,20 @@ def prepare_data(target: str | Path, prof: StyleProfile, *, fmt: str | None = No
     pool = images[images["role"] == "train"]
     lv_rule = derive_levels(pool, LevelRule("quantile", spec.level_column, k=prof.n_levels, best=spec.level_best)).rule
     levels = derive_levels(images, lv_rule)
-    gr_rule = derive_levels(pool, LevelRule("quantile", spec.group_column, k=3, best="low")).rule
+    group, gr_rule = crowding_groups(images, column=spec.group_column, fit=images["role"] == "train")
     groups = derive_levels(images, gr_rule)
-    names = {0: "sparse", 1: "good", 2: "dense"}  # fewest objects = sparse, middle = good, most = dense
     from .canonical import load_dataset
 
     objs = load_dataset(ds).objects
     pos_ids = set(objs.loc[objs["class"] == spec.image_positive, "image_id"].astype(str))
     images = images.assign(**{LEVEL: levels.table[LEVEL].to_numpy(),
-                              "group": groups.table[LEVEL].map(names).fillna("unmeasured").to_numpy(),
+                              "group": group.to_numpy(),
                               "positive": images["image_id"].isin(pos_ids).to_numpy()})
     return StudyData(Path(ds), images, levels, groups)
 
 
 def group_rule_text(data: StudyData) -> str:
-    e = data.groups.rule.edges or ()
-    return (f"composition groups DERIVED from {data.groups.rule.column!r} tertiles of the training pool: "
-            f"sparse <= {e[0]:.4g} < good <= {e[1]:.4g} < dense" if len(e) == 2 else data.groups.rule.describe())
+    return crowding_text(data.groups.rule) + " (cut points from the training pool)"
 
 
 # ----------------------------------------------------------------------------- runs
