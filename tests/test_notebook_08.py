@@ -1,0 +1,72 @@
+"""Notebook 08 (micronuclei study) end to end on the vendored MNFinder data, and the study's
+nucleus-guided path with constructed detectors."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import nbformat
+import numpy as np
+import pandas as pd
+
+from workbench import mn_study
+from workbench.notebooks import run_notebook
+
+
+def _errors(executed) -> list[str]:
+    nb = nbformat.read(executed, as_version=4)
+    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
+def test_micronuclei_notebook_smoke(tmp_path):
+    out = tmp_path / "out"
+    executed = run_notebook("08_micronuclei", {"profile": "smoke", "work_dir": str(tmp_path / "work")}, out_dir=out)
+    assert not _errors(executed)
+    summary = pd.read_csv(out / "mn_study.csv")
+    assert summary["approach"].tolist() == list(mn_study.APPROACHES)
+    rates = summary.filter(like="recall").join(summary.filter(like="precision"))
+    assert ((rates >= 0) & (rates <= 1) | rates.isna()).all().all()
+    assert (summary["time_per_image_s"] > 0).all()
+    criteria = pd.read_csv(out / "mn_criteria.csv")
+    assert set(criteria["criterion"]) == {"centre<=3px", "IoU0.5@min8px", "IoU0.5"}
+    assert (criteria.loc[criteria["class"] == "mn", "n_gt"] == 183).all()  # the vendored validation MN
+    freq = pd.read_csv(out / "mn_frequency.csv")
+    assert len(freq) == 3 * len(mn_study.APPROACHES) and freq["true_mn_frequency"].between(0, 1).all()
+    clinical = pd.read_csv(out / "mn_clinical.csv")
+    assert set(clinical["metric"]) == {"detection_rate", "classification_rate", "fp_rate", "fn_rate"}
+    assert (clinical["target"] > 0).all()
+    for fig in ("mn_frequency_scatter", "mn_criteria"):
+        assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
+
+
+def _fake_nuclei(arrays):
+    """A 'native' detector: one nucleus in the middle of every input."""
+    return [pd.DataFrame({"x1": [a.shape[1] / 2 - 14], "y1": [a.shape[0] / 2 - 14], "x2": [a.shape[1] / 2 + 14],
+                          "y2": [a.shape[0] / 2 + 14], "class": ["nucleus"], "score": [0.9]}) for a in arrays]
+
+
+def _fake_bright_spots(arrays):
+    """An 'upsampled' MN detector: a 10 px box centred on the bright pixels of each canvas, if any."""
+    out = []
+    for a in arrays:
+        grey = a if a.ndim == 2 else a[..., 0]
+        ys, xs = np.nonzero(grey > 200)
+        found = int(len(xs) > 0)
+        x, y = (xs.mean() + 0.5, ys.mean() + 0.5) if found else (0, 0)  # pixel centres
+        out.append(pd.DataFrame({"x1": [x - 5.0] * found, "y1": [y - 5.0] * found, "x2": [x + 5.0] * found,
+                                 "y2": [y + 5.0] * found, "class": ["mn"] * found, "score": [0.8] * found}))
+    return out
+
+
+def test_guided_search_finds_the_mn_beside_the_nucleus_in_native_pixels():
+    image = np.full((160, 160), 20, np.uint8)  # one tile: the fake nucleus sits at (80, 80), box 66..94
+    image[100:104, 100:104] = 255  # a 4x4 MN centred at (102, 102), 6 px from the nucleus box
+    image[10:14, 10:14] = 255  # a bright spot far from any nucleus: outside the searched neighbourhood
+    prof = replace(mn_study.PROFILES["smoke"], approaches=(mn_study.GUIDED,), margin=12, scale=2, tile=160)
+    guided = mn_study.make_approaches(prof, {"native": _fake_nuclei, "upsampled": _fake_bright_spots})["guided"]
+    table, info = guided(image)
+    mn = table[table["class"] == "mn"]
+    assert len(mn) == 1 and info["regions"] == 1 and 0 < info["searched_share"] < 0.2
+    centre = ((mn["x1"] + mn["x2"]) / 2).item(), ((mn["y1"] + mn["y2"]) / 2).item()
+    assert np.allclose(centre, (102, 102), atol=0.5)  # back in native pixels
+    assert (table["class"] == "nucleus").sum() == 1
