@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -224,7 +224,7 @@ def incremental_libraries(data: StudyData, prof: StyleProfile, cache: Path, seed
                    min_positive=prof.min_positive, seed=seed)
     rest = pool.loc[~pool["image_id"].isin(comp.selected["image_id"]), "image_id"].tolist()
     chunks = partition(rest, list(prof.batch_images), seed=seed)
-    base = Batch("base", data.dataset, tuple(comp.selected["image_id"]), meta={"centre": "BCCD"}, split="train")
+    base = Batch("base", data.dataset, tuple(comp.selected["image_id"]), meta={"centre": data.dataset.name}, split="train")
     batches = [Batch(f"batch{k + 1}", data.dataset, ids, split="train",
                      weight=prof.last_weight if k == len(chunks) - 1 else 1) for k, ids in enumerate(chunks)]
     out = []
@@ -296,9 +296,14 @@ def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: Targ
 
 def run_study(target: str | Path = "bccd", *, profile: str | StyleProfile = "smoke", out_dir: Path,
               fmt: str | None = None, device: str | None = None, workers: int | None = None,
-              log: Callable[[str], None] = print) -> StyleResult:
-    """Both experiments (reusing finished runs under ``out_dir/runs``); tables in the result."""
+              seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> StyleResult:
+    """Both experiments (reusing finished runs under ``out_dir/runs``); tables in the result.
+
+    ``seeds`` replaces the profile's seeds (each seed draws its own subsets, base and batches).
+    """
     prof = PROFILES[profile] if isinstance(profile, str) else profile
+    if seeds is not None:
+        prof = replace(prof, seeds=tuple(int(s) for s in seeds))
     spec = spec_for(target)
     out_dir = Path(out_dir)
     cache, runs_root = out_dir / "data", out_dir / "runs"
