@@ -372,9 +372,15 @@ def heatmap_figure(table: pd.DataFrame, *, title: str, fmt: str = ".2f"):
 def figures(result: StyleResult) -> dict[str, Any]:
     from .study_plots import metric_curves
 
-    figs = {"heatmap_map50": heatmap_figure(result.heatmap("map50"), title="mAP50 by train subset and test level")}
+    n = result.per_level.drop_duplicates("test_level").set_index("test_level")["test_images"]
+
+    def labelled(t: pd.DataFrame) -> pd.DataFrame:  # test images per level on the axis
+        return t.rename(columns={c: f"{c}\n(n={int(n[c])})" for c in t.columns if c in n.index})
+
+    figs = {"heatmap_map50": heatmap_figure(labelled(result.heatmap("map50")), title="mAP50 by train subset and test level")}
     for rate in ("detection_rate", "fn_rate"):
-        figs[f"heatmap_{rate}"] = heatmap_figure(result.heatmap(rate), title=f"{rate} by train subset and test level")
+        figs[f"heatmap_{rate}"] = heatmap_figure(labelled(result.heatmap(rate)),
+                                                 title=f"{rate} by train subset and test level")
     inc = result.incremental().assign(curve="mAP50 (fixed test split)")
     figs["incremental_map50"] = metric_curves(inc, x="train_images", y="map50", hue="curve", ylabel="mAP50",
                                               title="Incremental additions: base -> +batch 1 -> ...")
