@@ -55,13 +55,14 @@ class MNProfile:
     margin: float = 20.0  # native px around each nucleus searched (99% of true MN lie within ~21-25 px)
     parent_distance: float = 20.0  # native px: an MN farther from every nucleus has no parent
     repeats: int = 1
+    warmup: bool = True  # one untimed pass per approach first (allocation, thread start-up)
     approaches: tuple[str, ...] = APPROACHES
     seed: int = 0
 
 
 PROFILES = {
     # CI: the 2 vendored training images, one epoch: proves the pipeline, learns nothing
-    "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, max_tiles=16, batch=8),
+    "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, max_tiles=16, batch=8, warmup=False),
     # CPU (~30 min on 2 cores): 30 training images of ../shared, 3 validation images
     "modest": MNProfile("modest"),
     # GPU: more tiles and epochs
@@ -340,7 +341,7 @@ def run_study(profile: str | MNProfile = "smoke", *, work_dir: Path | None = Non
     approaches = make_approaches(prof, dets)
 
     first = next(iter(images.values()))
-    for fn in approaches.values():  # warm-up
+    for fn in approaches.values() if prof.warmup else ():
         fn(first)
     times: dict[tuple[str, str], list[float]] = {}
     infos: dict[tuple[str, str], dict] = {}
