@@ -35,6 +35,9 @@ def test_micronuclei_notebook_smoke(tmp_path):
     clinical = pd.read_csv(out / "mn_clinical.csv")
     assert set(clinical["metric"]) == {"detection_rate", "classification_rate", "fp_rate", "fn_rate"}
     assert (clinical["target"] > 0).all()
+    sweep = pd.read_csv(out / "mn_sweep.csv")
+    for _, g in sweep.groupby("approach"):
+        assert g.sort_values("score_thr")["recall"].is_monotonic_decreasing
     for fig in ("mn_frequency_scatter", "mn_criteria"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
 
@@ -70,3 +73,33 @@ def test_guided_search_finds_the_mn_beside_the_nucleus_in_native_pixels():
     centre = ((mn["x1"] + mn["x2"]) / 2).item(), ((mn["y1"] + mn["y2"]) / 2).item()
     assert np.allclose(centre, (102, 102), atol=0.5)  # back in native pixels
     assert (table["class"] == "nucleus").sum() == 1
+
+
+def test_scoring_of_constructed_predictions():
+    from workbench.micronuclei import parents_from_colours
+
+    objects = pd.DataFrame({
+        "image_id": ["a", "a", "a", "a", "b"], "class": ["nucleus", "nucleus", "mn", "mn", "nucleus"],
+        "x1": [0, 100, 31, 10, 0], "y1": [0, 100, 10, 31, 0], "x2": [30, 130, 36, 15, 30], "y2": [30, 130, 15, 36, 30],
+        "source_object": [f"m instance {k} (colour #00000{k})" for k in (1, 2, 1, 1, 3)]})
+    true_mn, true_nuclei = parents_from_colours(objects)
+    gt = objects.rename(columns={"image_id": "image"})[["image", "class", "x1", "y1", "x2", "y2"]]
+    shifted = gt.assign(x1=gt["x1"] + 1, x2=gt["x2"] + 1, y1=gt["y1"] + 1, y2=gt["y2"] + 1, score=0.9)
+    pred = pd.concat([shifted.assign(approach="good"),
+                      shifted[shifted["class"] == "nucleus"].assign(approach="no-mn")], ignore_index=True)
+    per_image = pd.DataFrame({"approach": ["good", "good", "no-mn", "no-mn"], "image": ["a", "b"] * 2,
+                              "time_s": [1.0, 3.0, 0.5, 0.5]})
+    prof = mn_study.PROFILES["smoke"]
+    r = mn_study.score(prof, gt, true_mn, true_nuclei, pred, per_image, images=["a", "b"])
+    t = r.table.set_index("approach")
+    assert t.loc["good", "mn_recall_centre3"] == 1.0 and t.loc["good", "mn_precision_centre3"] == 1.0
+    assert t.loc["good", "mn_recall_iou50"] < 1.0  # 5x5 boxes shifted diagonally by 1 px: IoU 0.47
+    assert t.loc["good", "freq_mae"] == 0.0 and t.loc["good", "time_per_image_s"] == 2.0
+    assert t.loc["no-mn", "mn_recall_centre3"] == 0.0
+    freq = r.frequency.set_index(["approach", "image"])
+    assert freq.loc[("good", "a"), "true_mn_frequency"] == 0.5 and freq.loc[("no-mn", "a"), "frequency_error"] == -0.5
+    clin = r.clinical.set_index(["approach", "metric"])
+    assert clin.loc[("good", "fn_rate"), "value"] == 0.0 and bool(clin.loc[("good", "fn_rate"), "passed"])
+    assert clin.loc[("no-mn", "fn_rate"), "value"] == 1.0
+    sweep = r.sweep[r.sweep["approach"] == "good"]
+    assert sweep["recall"].is_monotonic_decreasing and sweep["recall"].iloc[0] == 1.0

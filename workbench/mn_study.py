@@ -47,6 +47,9 @@ class MNProfile:
     tile: int = 320  # training tile = inference tile = detector imgsz, in detector pixels
     scale: int = 3  # upsampling factor of the upsampled and guided approaches
     epochs: int = 12
+    # the MN search detector (upsampled, also used by guided) learns MN last: on a CPU budget it
+    # continues from its first run's best weights for this many more epochs (0: no second run)
+    extra_epochs_upsampled: int = 16
     max_tiles: int = 320  # training tiles per detector (seeded sample; equal compute per arm)
     batch: int = 8  # training batch
     infer_batch: int = 16  # tiles / canvases per detector call
@@ -62,11 +65,12 @@ class MNProfile:
 
 PROFILES = {
     # CI: the 2 vendored training images, one epoch: proves the pipeline, learns nothing
-    "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, max_tiles=16, batch=8, warmup=False),
+    "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, extra_epochs_upsampled=0, max_tiles=16,
+                       batch=8, warmup=False),
     # CPU (~30 min on 2 cores): 30 training images of ../shared, 3 validation images
     "modest": MNProfile("modest"),
     # GPU: more tiles and epochs
-    "full": MNProfile("full", epochs=150, max_tiles=5000, batch=32, repeats=5),
+    "full": MNProfile("full", epochs=150, extra_epochs_upsampled=0, max_tiles=5000, batch=32, repeats=5),
 }
 
 
@@ -205,17 +209,21 @@ def train_detectors(profile: str | MNProfile = "smoke", *, work_dir: Path | None
     for name, (model, scale) in detector_specs(prof).items():
         data = prepare_tiles(prof, work, scale=scale)
         run_name = f"mn_{name}_{Path(model).stem}_x{scale}_t{prof.tile}_n{prof.max_tiles}_e{prof.epochs}_s{prof.seed}"
-        run_dir = work / "runs" / run_name
-        if (run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished":
-            runs[name] = run_dir
-            continue
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an unfinished attempt: start again cleanly
-        t0 = time.perf_counter()
-        train(data, model=model, epochs=prof.epochs, imgsz=prof.tile, batch=prof.batch, seed=prof.seed,
-              device=device, run_name=run_name, runs_root=work / "runs", max_det=1000)
-        log(f"[micronuclei] trained {run_name} in {time.perf_counter() - t0:.0f} s")
-        runs[name] = run_dir
+        stages = [(run_name, model, prof.epochs, None)]
+        if name == UPSAMPLED and prof.extra_epochs_upsampled:
+            stages.append((f"{run_name}_plus{prof.extra_epochs_upsampled}", model, prof.extra_epochs_upsampled,
+                           work / "runs" / run_name / "weights" / "best.pt"))
+        for stage_name, arch, epochs, weights in stages:
+            run_dir = work / "runs" / stage_name
+            if (run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished":
+                continue
+            if run_dir.exists():
+                shutil.rmtree(run_dir)  # an unfinished attempt: start again cleanly
+            t0 = time.perf_counter()
+            train(data, model=arch, epochs=epochs, imgsz=prof.tile, batch=prof.batch, seed=prof.seed, device=device,
+                  run_name=stage_name, runs_root=work / "runs", max_det=1000, pretrained=weights)
+            log(f"[micronuclei] trained {stage_name} in {time.perf_counter() - t0:.0f} s")
+        runs[name] = work / "runs" / stages[-1][0]
     return runs
 
 
@@ -315,6 +323,7 @@ class MNResult:
     criteria: pd.DataFrame  # approach x criterion x class: P/R/F1
     frequency: pd.DataFrame  # approach x image: true and predicted MN frequency
     clinical: pd.DataFrame  # approach x rate, against the micronucleus preset
+    sweep: pd.DataFrame  # approach x score threshold: MN recall / precision at centre <= 3 px
     predictions: pd.DataFrame  # every approach's boxes (``approach`` column)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -378,12 +387,13 @@ def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei:
 
     true_cells = mnx.cell_table(true_nuclei, true_mn)
     true_freq = mnx.mn_frequency(true_cells, true_mn, images=images)
-    rows, crit_parts, freq_parts, clin_parts = [], [], [], []
+    rows, crit_parts, freq_parts, clin_parts, sweep_parts = [], [], [], [], []
     for a in approaches or list(dict.fromkeys(pred["approach"])):
         p = pred[pred["approach"] == a].drop(columns="approach").reset_index(drop=True)
         crit = tm.prf_by_criterion(gt, p, tm.STANDARD, classes=[MN, NUCLEUS], score_thr=prof.count_thr)
         crit_parts.append(crit.assign(approach=a))
         any_score = tm.prf(gt, p, tm.TINY_DEFAULTS, score_thr=prof.conf).set_index("class")
+        sweep_parts.append(mn_sweep(gt, p, thresholds=SWEEP_THRESHOLDS).assign(approach=a))
         c = crit.set_index(["criterion", "class"])
 
         def get(criterion: str, cls: str, col: str) -> float:
@@ -410,8 +420,29 @@ def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei:
                      "freq_mae": float(comp["frequency_error"].abs().mean()),
                      "time_per_image_s": float(t["time_s"].mean())})
     return MNResult(prof, pd.DataFrame(rows)[SUMMARY_COLUMNS], pd.concat(crit_parts, ignore_index=True),
-                    pd.concat(freq_parts, ignore_index=True), pd.concat(clin_parts, ignore_index=True), pred,
+                    pd.concat(freq_parts, ignore_index=True), pd.concat(clin_parts, ignore_index=True),
+                    pd.concat(sweep_parts, ignore_index=True), pred,
                     {"count_thr": prof.count_thr, "criteria": {k: v.label() for k, v in tm.STANDARD.items()}})
+
+
+SWEEP_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
+
+
+def mn_sweep(gt: pd.DataFrame, pred: pd.DataFrame, *, thresholds: tuple[float, ...] = SWEEP_THRESHOLDS,
+             criterion=None) -> pd.DataFrame:
+    """MN recall and precision (centre <= 3 px unless ``criterion``) at each score threshold:
+    the whole operating curve, since a fixed threshold is unfair to a detector still learning MN."""
+    from . import metrics
+    from . import tiny_matching as tm
+
+    m = tm.match(gt, pred, {MN: criterion or tm.CENTRE3, NUCLEUS: tm.IOU50})
+    rows = []
+    for thr in thresholds:
+        r = metrics.prf_from_matches(m, score_thr=thr).set_index("class")
+        if MN in r.index:
+            rows.append({"score_thr": thr, "n_pred": int(r.loc[MN, "n_pred"]), "recall": float(r.loc[MN, "recall"]),
+                         "precision": float(r.loc[MN, "precision"]), "f1": float(r.loc[MN, "f1"])})
+    return pd.DataFrame(rows, columns=["score_thr", "n_pred", "recall", "precision", "f1"])
 
 
 def goal(table: pd.DataFrame, *, recall: float = 0.9, precision: float = 0.8) -> pd.DataFrame:
@@ -475,7 +506,8 @@ def write_outputs(result: MNResult, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, table in (("mn_study", result.table), ("mn_criteria", result.criteria),
-                        ("mn_frequency", result.frequency), ("mn_clinical", result.clinical)):
+                        ("mn_frequency", result.frequency), ("mn_clinical", result.clinical),
+                        ("mn_sweep", result.sweep)):
         table.to_csv(out / f"{name}.csv", index=False)
         written.append(out / f"{name}.csv")
     result.predictions.to_csv(out / "mn_predictions.csv", index=False)
