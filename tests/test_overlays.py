@@ -42,6 +42,16 @@ def test_roles_from_changed_or_from_the_two_classes():
         ov.box_roles(t, positive="mn", normal=["mn"])
 
 
+def test_missed_gt_rows_get_their_own_role_and_colour():
+    t = pd.DataFrame({"image": ["a"] * 3, "class": ["mn", "nuc", "mn"], "x1": [0, 10, 20], "y1": [0, 0, 0],
+                      "x2": [5, 15, 25], "y2": [5, 5, 5], "changed": [False, True, pd.NA],
+                      "missed": [pd.NA, pd.NA, True]})  # a prediction table with one GT row appended
+    assert ov.box_roles(t, positive="mn", normal="nuc").tolist() == ["positive", "corrected", "missed"]
+    img = ov.draw_overlay(np.full((8, 30, 3), 200, np.uint8), t, positive="mn", normal="nuc", thickness=1)
+    assert tuple(img[0, 22]) == ov.COLOURS["missed"]  # top edge of the missed box
+    assert tuple(img[0, 2]) == ov.COLOURS["positive"]
+
+
 def test_draw_overlay_exact_pixels():
     img = np.zeros((60, 80), np.uint8)
     boxes = pd.DataFrame({"image": "I", "class": ["mn", "nuc", "nuc"], "x1": [10, 40, 5], "y1": [10, 10, 40],

@@ -331,7 +331,7 @@ def write_outputs(result: TestResult, out: Path, *, normal: Sequence[str], n_gal
     """Tables (CSV/JSON), figures (PNG+PDF with captions) and the overlay gallery under ``out``."""
     from . import stats_plots
     from .figures import save_figure
-    from .overlays import overlay_gallery, read_images, worst_images
+    from .overlays import overlay_gallery, read_images
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -375,20 +375,29 @@ def write_outputs(result: TestResult, out: Path, *, normal: Sequence[str], n_gal
                           "Normal cells within k x the mean positive-cell radius of each positive cell "
                           "(radius = sqrt(area/pi)); line = mean over images, band = range. " + cap),
     }
-    worst = worst_images(result.predictions["cascade"].assign(
-        changed=result.predictions["cascade"].get("changed", False)), n=n_gallery) if len(result.predictions["cascade"]) else []
     from .cascade import attribute_errors
 
-    table_err, _ = attribute_errors(result.gt, result.predictions["cascade"], images=list(result.meta["image_id"]))
+    cascade = result.predictions["cascade"]
+    table_err, _ = attribute_errors(result.gt, cascade, images=list(result.meta["image_id"]))
     err_per_image = (table_err[table_err["error"] != "correct"].groupby("image").size()
                      .sort_values(ascending=False, kind="stable"))
-    worst = [str(i) for i in err_per_image.index[:n_gallery]] or worst
+    worst = [str(i) for i in err_per_image.index[:n_gallery]]
     if worst:
+        missed = table_err[(table_err["error"] == "missed") & table_err["image"].isin(worst)]
+        shown = pd.concat([cascade[cascade["image"].astype(str).isin(worst)],
+                           missed[["image", "x1", "y1", "x2", "y2"]].assign(
+                               **{"class": missed["gt_class"], "final_class": missed["gt_class"], "missed": True})],
+                          ignore_index=True)
+        shown["missed"] = shown["missed"].astype("boolean").fillna(False).astype(bool)
+        shown["changed"] = shown["changed"].astype("boolean").fillna(False).astype(bool)
         arrays = read_images(result.settings["dataset"], worst)
-        figs["worst_overlays"] = (overlay_gallery(arrays, result.predictions["cascade"][
-            result.predictions["cascade"]["image"].astype(str).isin(worst)], positive=positive, normal=normal,
-            image_ids=worst, titles={i: f"{i} ({int(err_per_image.get(i, 0))} errors)" for i in worst}),
-            "Cascade output on the images with the most errors (missed + misclassified + spurious). " + cap)
+        counts = table_err[table_err["image"].isin(worst)].groupby(["image", "error"]).size().unstack(fill_value=0)
+        titles = {i: f"{i}: " + ", ".join(f"{int(counts.loc[i].get(k, 0))} {k}" for k in
+                                           ("missed", "misclassified", "spurious")) for i in worst}
+        figs["worst_overlays"] = (overlay_gallery(arrays, shown, positive=positive, normal=normal, image_ids=worst,
+                                                  titles=titles),
+                                  "Cascade output on the test images with the most errors; black boxes are GT "
+                                  "cells no detection matched (IoU < 0.5). " + cap)
     for name, (fig, caption) in figs.items():
         written += save_figure(fig, out / name, caption=caption)
     settings = {k: v for k, v in result.settings.items()}

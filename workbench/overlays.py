@@ -9,8 +9,10 @@ deficiencies; override with ``colours=``):
   ``#009E73``. A box is corrected when the table's ``changed`` column is true, or, without
   that column, when ``det_class`` and ``final_class`` differ.
 * ``other`` (any other class): grey ``#999999``, listed in legends only when present.
+* ``missed``: ground-truth cells no detection found, for error galleries: rows whose
+  ``missed`` column is true (add the GT rows to the table); black, listed only when present.
 
-Drawing order is other, normal, positive, corrected, so the rarer and more important boxes
+Drawing order is other, normal, positive, corrected, missed, so the rarer and more important boxes
 stay on top. The class used is ``class_col`` (default ``final_class`` when present, else
 ``class``), as in :mod:`workbench.stats`; the image column is ``image`` or ``image_id``.
 
@@ -37,15 +39,16 @@ from .images import Normalisation, read_image, to_uint8
 __all__ = ["COLOURS", "ROLES", "box_roles", "display_rgb", "draw_overlay", "error_counts",
            "overlay_figure", "overlay_gallery", "read_images", "worst_images"]
 
-ROLES = ("other", "normal", "positive", "corrected")  # drawing order: later on top
+ROLES = ("other", "normal", "positive", "corrected", "missed")  # drawing order: later on top
 COLOURS: dict[str, tuple[int, int, int]] = {
     "positive": (213, 94, 0),  # Okabe-Ito vermillion
     "normal": (86, 180, 233),  # Okabe-Ito sky blue
     "corrected": (0, 158, 115),  # Okabe-Ito bluish green
     "other": (153, 153, 153),
+    "missed": (0, 0, 0),
 }
 _LABELS = {"positive": "positive", "normal": "normal", "corrected": "corrected by classifier",
-           "other": "other classes"}
+           "other": "other classes", "missed": "missed (GT, not detected)"}
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
 
@@ -80,7 +83,7 @@ def _truthy(values: pd.Series, name: str) -> np.ndarray:
 
 def box_roles(boxes: pd.DataFrame, *, positive: str | Sequence[str], normal: str | Sequence[str],
               class_col: str | None = None) -> pd.Series:
-    """The role of every box (``positive``, ``normal``, ``corrected``, ``other``), same index."""
+    """The role of every box (``positive``, ``normal``, ``corrected``, ``other``, ``missed``), same index."""
     positive, normal = _names(positive), _names(normal)
     both = sorted(set(positive) & set(normal))
     if both:
@@ -97,7 +100,10 @@ def box_roles(boxes: pd.DataFrame, *, positive: str | Sequence[str], normal: str
                      != boxes["final_class"].astype("string").fillna("")).to_numpy()
     else:
         corrected = np.zeros(len(boxes), dtype=bool)
-    return pd.Series(np.where(corrected, "corrected", role), index=boxes.index, name="role")
+    role = np.where(corrected, "corrected", role)
+    if "missed" in boxes.columns:
+        role = np.where(_truthy(boxes["missed"], "missed"), "missed", role)
+    return pd.Series(role, index=boxes.index, name="role")
 
 
 def _pixel_corners(boxes: pd.DataFrame, width: int, height: int) -> np.ndarray:
@@ -167,9 +173,9 @@ def _draw_key(img: np.ndarray, roles: list[str], cols: dict[str, tuple[int, int,
 def _legend(fig: Figure, role_counts: pd.Series, positive: list[str], normal: list[str],
             cols: dict[str, tuple[int, int, int]]) -> None:
     text = {"positive": f"positive: {', '.join(positive)}", "normal": f"normal: {', '.join(normal)}",
-            "corrected": _LABELS["corrected"], "other": _LABELS["other"]}
-    shown = [r for r in ("positive", "normal", "corrected", "other")
-             if r != "other" or role_counts.get("other", 0)]
+            "corrected": _LABELS["corrected"], "other": _LABELS["other"], "missed": _LABELS["missed"]}
+    shown = [r for r in ("positive", "normal", "corrected", "other", "missed")
+             if r not in ("other", "missed") or role_counts.get(r, 0)]
     handles = [Patch(facecolor="none", edgecolor=np.array(cols[r]) / 255, linewidth=2) for r in shown]
     labels = [f"{text[r]} (n={int(role_counts.get(r, 0))})" for r in shown]
     fig.legend(handles, labels, loc="outside lower center", ncols=min(len(shown), 2), fontsize=8)
