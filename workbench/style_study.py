@@ -420,14 +420,17 @@ def write_outputs(result: StyleResult, out: Path) -> list[Path]:
     return written
 
 
-def derived_levels_overview(names: tuple[str, ...] = ("bccd", "monuseg", "mnfinder"), *, k: int = 3) -> pd.DataFrame:
-    """Derived levels on each vendored dataset: images per level and the rule (no training)."""
+def derived_levels_overview(names: tuple[str, ...] = ("bccd", "monuseg", "mnfinder"), *, k: int = 3,
+                            full: bool = True) -> pd.DataFrame:
+    """Derived levels on each dataset (the fuller ../shared copies when present): one row per
+    dataset with its images per level and the rule, stated in words. No training."""
     rows = []
     for name in names:
         spec = spec_for(name)
-        images = measure(datasets.prepare(name))
+        ds = datasets.prepare(name, full=full)
+        images = measure(ds)
         lv = derive_levels(images, LevelRule("quantile", spec.level_column, k=min(k, len(images)), best=spec.level_best))
-        for level, n in lv.counts().items():
-            rows.append({"dataset": name, "style_level": int(level), "images": int(n),
-                         "rule": lv.rule.describe()})
-    return pd.DataFrame(rows)
+        rows.append({"dataset": Path(ds).name, "images": len(images),
+                     **{f"level {int(level)}": int(n) for level, n in lv.counts().items()},
+                     "rule": lv.rule.describe()})
+    return pd.DataFrame(rows).fillna(0)
