@@ -46,3 +46,34 @@ def test_style_levels_notebook_smoke(tmp_path):
     assert comp["achieved_n"].iloc[:3].sum() == prof.base_images
     for fig in ("heatmap_map50", "incremental_map50"):
         assert (tmp_path / f"{fig}.png").exists() and (tmp_path / f"{fig}.pdf").exists()
+
+
+def test_fixed_split_roles_and_result_tables_on_constructed_data():
+    import pytest
+
+    from workbench.composition import Composition
+    from workbench.style_study import INCREMENTAL, LEVELS, StyleProfile, StyleResult, fixed_splits
+
+    meta = pd.DataFrame({"image_id": [f"t{k}" for k in range(10)] + [f"v{k}" for k in range(8)],
+                         "split": ["train"] * 10 + ["val"] * 8})
+    prof = StyleProfile("t", val_images=3)
+    role = fixed_splits(meta, prof)
+    assert role[:10].eq("train").all() and role[10:].value_counts().to_dict() == {"test": 5, "val": 3}
+    assert role.equals(fixed_splits(meta, prof))  # the same fixed split every time
+    with pytest.raises(ValueError, match="val/test images"):
+        fixed_splits(meta, StyleProfile("t", val_images=8))
+    rows = []
+    for seed, bump in ((0, 0.0), (1, 0.2)):
+        for subset in ("0", "0-2"):
+            for level in ("all", "0", "1"):
+                rows.append({"experiment": LEVELS, "key": subset, "train_subset": subset, "seed": seed, "step": None,
+                             "test_level": level, "map50": 0.1 + bump + (0.3 if subset == "0-2" else 0.0)})
+    for step, size in enumerate((30, 60)):
+        rows.append({"experiment": INCREMENTAL, "key": ["base", "base+b1"][step], "train_subset": None, "seed": 0,
+                     "step": step, "test_level": "all", "train_images": size, "map50": 0.2 * (step + 1),
+                     "map50_95": 0.1, "detection_rate": 0.5, "fn_rate": 0.5, "fp_rate": 0.1, "classification_rate": 1.0})
+    res = StyleResult(prof, pd.DataFrame(), pd.DataFrame(rows), pd.DataFrame(), Composition(pd.DataFrame(), pd.DataFrame()))
+    heat = res.heatmap("map50")
+    assert heat.index.tolist() == ["0", "0-2"] and heat.loc["0-2", "all"] == pytest.approx(0.5)  # mean over seeds
+    inc = res.incremental()
+    assert inc["library"].tolist() == ["base", "base+b1"] and inc["map50"].tolist() == pytest.approx([0.2, 0.4])
