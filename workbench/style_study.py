@@ -31,7 +31,7 @@ import pandas as pd
 from . import datasets
 from .canonical import read_meta
 from .composition import Composition, compose, parse_ratios, record_training_length, training_length
-from .library import Batch, partition, write_library
+from .library import Batch, library_meta, partition, write_library
 from .style_levels import (LEVEL, LevelRule, StyleLevels, crowding_groups, crowding_text, derive_levels, level_name,
                            measure)
 
@@ -210,11 +210,9 @@ def level_subset_libraries(data: StudyData, prof: StyleProfile, cache: Path, see
             raise ValueError(f"level subset {name} has {len(ids)} training images, the profile needs {n}")
         (chosen,) = partition(ids, [n], seed=seed)
         path = cache / f"levels_{name}_s{seed}"
-        if not (path / "meta.csv").exists():
-            write_library(Batch(f"levels_{name}", data.dataset, chosen, meta={"style_level": name}, split="train"),
-                          [], path, held_out=_held_out(data), image_meta=_image_meta(data), overwrite=True,
-                          note={"experiment": LEVELS, "levels": list(levels), "seed": seed,
-                                "levels_rule": data.levels.rule.to_dict()})
+        _ensure_library(path, Batch(f"levels_{name}", data.dataset, chosen, meta={"style_level": name}, split="train"),
+                        [], data, note={"experiment": LEVELS, "levels": list(levels), "seed": seed,
+                                        "levels_rule": data.levels.rule.to_dict()})
         out[name] = path
     return out
 
@@ -228,20 +226,31 @@ def incremental_libraries(data: StudyData, prof: StyleProfile, cache: Path, seed
     rest = pool.loc[~pool["image_id"].isin(comp.selected["image_id"]), "image_id"].tolist()
     chunks = partition(rest, list(prof.batch_images), seed=seed)
     base = Batch("base", data.dataset, tuple(comp.selected["image_id"]), meta={"centre": data.dataset.name}, split="train")
-    batches = [Batch(f"batch{k + 1}", data.dataset, ids, split="train",
-                     weight=prof.last_weight if k == len(chunks) - 1 else 1) for k, ids in enumerate(chunks)]
     out = []
-    for step in range(len(batches) + 1):
+    for step in range(len(chunks) + 1):
         name = "base" + "".join(f"+b{k + 1}" for k in range(step))
         path = cache / f"incremental_{step}_s{seed}"
-        if not (path / "meta.csv").exists():
-            grown = [Batch(b.name, b.dataset, b.image_ids, b.meta, 1 if k < step - 1 else b.weight, b.split)
-                     for k, b in enumerate(batches[:step])]
-            write_library(base, grown, path, held_out=_held_out(data), image_meta=_image_meta(data), overwrite=True,
-                          note={"experiment": INCREMENTAL, "step": step, "seed": seed,
-                                "composition": comp.settings, "composition_warnings": comp.warnings})
+        # the newest batch of each step counts last_weight times
+        grown = [Batch(f"batch{k + 1}", data.dataset, chunks[k], split="train",
+                       weight=prof.last_weight if k == step - 1 else 1) for k in range(step)]
+        _ensure_library(path, base, grown, data, note={"experiment": INCREMENTAL, "step": step, "seed": seed,
+                                                       "composition": comp.settings,
+                                                       "composition_warnings": comp.warnings})
         out.append((name, path))
     return out, comp
+
+
+def _ensure_library(path: Path, base: Batch, batches: list[Batch], data: StudyData, *, note: dict[str, Any]) -> Path:
+    """Write the library unless ``path`` already holds exactly these images, batches, splits and weights."""
+    want = library_meta(base, batches, _held_out(data), _image_meta(data))
+    cols = ["image_id", "batch", "split", "batch_weight"]
+    if (path / "meta.csv").exists():
+        have = read_meta(path)
+        if set(cols) <= set(have.columns) and \
+                have[cols].astype(str).values.tolist() == want[cols].astype(str).values.tolist():
+            return path
+    return write_library(base, batches, path, held_out=_held_out(data), image_meta=_image_meta(data),
+                         overwrite=True, note=note)
 
 
 def _train_entries(library: Path) -> int:
@@ -256,7 +265,8 @@ def train_or_reuse(library: Path, run_dir: Path, prof: StyleProfile, seed: int, 
     from .yolo import train
 
     length = training_length(_train_entries(library), batch=prof.batch, factor=prof.factor, epochs=prof.epochs)
-    if finished_with(run_dir, model=prof.model, epochs=length.epochs, imgsz=prof.imgsz, batch=prof.batch):
+    if finished_with(run_dir, model=prof.model, epochs=length.epochs, imgsz=prof.imgsz, batch=prof.batch) \
+            and _same_data(run_dir, library):
         log(f"[style] reuse {run_dir.name}")
     else:
         if run_dir.exists():
@@ -271,6 +281,15 @@ def train_or_reuse(library: Path, run_dir: Path, prof: StyleProfile, seed: int, 
     rec = update_run_record(run_dir, style_study=dict(record))
     return run_dir, {"epochs": length.epochs, "epochs_rule": length.epochs_rule, "iterations_rule": length.iterations,
                      "duration_s": rec.get("duration_s")}
+
+
+def _same_data(run_dir: Path, library: Path) -> bool:
+    """The finished run was trained on this library's current images, labels and split lists."""
+    from .runs import dataset_fingerprint, read_run_record
+
+    got = (read_run_record(run_dir).get("dataset") or {}).get("fingerprint") or {}
+    now = dataset_fingerprint(library)
+    return got.get("sha256") == now["sha256"] and got.get("splits") == now["splits"]
 
 
 def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: TargetSpec) -> pd.DataFrame:
