@@ -37,7 +37,7 @@ def _cmd_levels(a: argparse.Namespace) -> int:
     lv = _levels(a, images)
     write_text(a.out, lv.table.to_csv(index=False))
     write_text(Path(a.out).with_suffix(".rule.json"), json.dumps(lv.rule.to_dict(), indent=2) + "\n")
-    print(f"wrote {a.out}: {dict(lv.counts())} images per level; {lv.rule.describe()}")
+    print(f"wrote {a.out}: { {int(k): int(v) for k, v in lv.counts().items()} } images per level; {lv.rule.describe()}")
     return 0
 
 

@@ -36,6 +36,8 @@ def demo_jobs(profile: str) -> list[Job]:
         Job("01_dataset_audit", {"dataset": "bccd", "profile": profile}, "Dataset audit: BCCD blood cells (Pascal VOC)"),
         Job("01_dataset_audit", {"dataset": "monuseg", "profile": profile}, "Dataset audit: MoNuSeg H&E nuclei (ImageScope XML)"),
         Job("01_dataset_audit", {"dataset": "mnfinder", "profile": profile}, "Dataset audit: MNFinder micronuclei (instance masks)"),
+        Job("02_style_levels", {"target": "bccd", "profile": profile},
+            "Style levels: level-subset x test-level heatmap, incremental library additions (BCCD, derived levels)"),
         Job("03_pretrain_vs_scratch", {"target": "bccd", "profile": profile},
             "Pretrain on H&E nuclei (MoNuSeg) vs scratch, fine-tuned on BCCD"),
         Job("04_model_size", {"target": "bccd", "profile": profile}, "Model size vs mAP50 and latency on BCCD"),
