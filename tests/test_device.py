@@ -57,3 +57,20 @@ def test_cpu_settings_fit_the_machine():
     assert dv.default_batch("cpu", 1024) < dv.default_batch("cpu", 320)
     assert dv.use_amp("cuda:0") is True
     assert dv.use_amp("cpu") is False and dv.use_amp("mps") is False
+
+
+def test_all_cpu_threads_uses_every_cpu_inside_and_restores_after():
+    import torch
+
+    from workbench.device import all_cpu_threads, cpu_count
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # what ultralytics' device selection leaves on a 2-core machine
+    try:
+        with all_cpu_threads("cpu"):
+            assert torch.get_num_threads() == cpu_count()
+        assert torch.get_num_threads() == 1
+        with all_cpu_threads("cuda:0"):  # accelerators: thread count untouched
+            assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

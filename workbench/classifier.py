@@ -40,7 +40,7 @@ import torch
 from .atomic import write_text
 from .balance import balance_indices
 from .crops import CropSet, CropSpec, gt_crops
-from .device import describe_device, pick_device
+from .device import all_cpu_threads, describe_device, pick_device
 from .runs import (METRICS_FILE, check_run_name, dataset_fingerprint, git_state, make_run_id,
                    package_versions, read_run_record, runs_dir, update_run_record,
                    write_run_record)
@@ -126,7 +126,7 @@ class Classifier:
                              f"(N, {self.spec.size}, {self.spec.size}, {self.in_chans})")
         out = np.zeros((len(crops), len(self.classes)), dtype=np.float32)
         self.model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), all_cpu_threads(self.device):
             for start in range(0, len(crops), batch):
                 logits = self.model(self.to_tensor(crops[start:start + batch]))
                 out[start:start + len(logits)] = torch.softmax(logits.float(), 1).cpu().numpy()

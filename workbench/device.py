@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import platform
 import re
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 import torch
 
@@ -64,6 +65,26 @@ def describe_device(device: str) -> dict[str, Any]:
     else:
         info.update(name=info["cpu"], threads=torch.get_num_threads())
     return info
+
+
+@contextmanager
+def all_cpu_threads(device: str = "cpu") -> Iterator[None]:
+    """Let torch use every CPU of this process inside the block (CPU devices only).
+
+    ultralytics' device selection sets torch to ``cpu_count - 1`` threads (to leave a core for
+    its data loaders) and leaves it there, so after the first prediction everything torch does
+    in the process, the cascade's classifier included, runs on one thread of a 2-core machine.
+    Inference has no loader to leave room for; the previous setting is restored afterwards.
+    """
+    if not str(device).startswith("cpu"):
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(cpu_count())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def cpu_count() -> int:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from .atomic import write_text
 from .canonical import read_meta, select_split
-from .device import pick_device
+from .device import all_cpu_threads, pick_device
 from .images import Normalisation, is_image_file, read_image, to_uint8
 from .runs import read_run_record, run_weights
 
@@ -68,7 +68,8 @@ def predict(model: Any, source: Source, *, split: str | None = None, conf: float
         for group in ([p for p in prepared if isinstance(p[1], str)],
                       [p for p in prepared if not isinstance(p[1], str)]):
             if group:
-                results = yolo.predict([src for _, src in group], batch=len(group), **kwargs)
+                with all_cpu_threads(kwargs["device"]):
+                    results = yolo.predict([src for _, src in group], batch=len(group), **kwargs)
                 parts += [_rows(name, r, names) for (name, _), r in zip(group, results)]
     order = {name: k for k, (name, _) in enumerate(items)}
     table = pd.concat([empty_table(), *parts], ignore_index=True) if parts else empty_table()
