@@ -55,6 +55,8 @@ class MNProfile:
     infer_batch: int = 16  # tiles / canvases per detector call
     conf: float = 0.01  # detector score floor
     count_thr: float = 0.25  # score threshold for recall, precision, counts and frequencies
+    guided_canvas: int = 640  # canvas side of the guided search (its detector runs at imgsz = canvas)
+    guided_merge: float | None = 0.5  # IoS at which neighbourhoods merge (0: any overlap; None: never)
     margin: float = 20.0  # native px around each nucleus searched (99% of true MN lie within ~21-25 px)
     parent_distance: float = 20.0  # native px: an MN farther from every nucleus has no parent
     repeats: int = 1
@@ -66,7 +68,7 @@ class MNProfile:
 PROFILES = {
     # CI: the 2 vendored training images, one epoch: proves the pipeline, learns nothing
     "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, extra_epochs_upsampled=0, max_tiles=16,
-                       batch=8, warmup=False),
+                       batch=8, warmup=False, guided_canvas=320),
     # CPU (~30 min on 2 cores): 30 training images of ../shared, 3 validation images
     "modest": MNProfile("modest"),
     # GPU: more tiles and epochs
@@ -277,7 +279,11 @@ def scale_boxes(table: pd.DataFrame, factor: float) -> pd.DataFrame:
 
 
 def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable[[np.ndarray], tuple[pd.DataFrame, dict]]]:
-    """Approach name -> function(8-bit image) -> (box table in native pixels, info)."""
+    """Approach name -> function(8-bit image) -> (box table in native pixels, info).
+
+    ``dets`` maps detector names to detector callables; ``"search"`` (the upsampled detector at
+    ``imgsz = guided_canvas``) defaults to ``dets["upsampled"]``.
+    """
     from .tiled_inference import TileSettings, tiled_predict_image
     from .twostage import TwoStageSettings, fine_detect, propose_regions
 
@@ -291,8 +297,8 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
         table = tiled_predict_image(upsample(img, s), dets[UPSAMPLED], settings=tiles)
         return scale_boxes(table, 1 / s), {}
 
-    search = TwoStageSettings(region_conf=prof.count_thr, margin=prof.margin * s, region_merge=0.0,
-                              canvas=prof.tile, batch=prof.infer_batch)
+    search = TwoStageSettings(region_conf=prof.count_thr, margin=prof.margin * s, region_merge=prof.guided_merge,
+                              canvas=prof.guided_canvas, batch=max(1, prof.infer_batch // 4))
 
     def guided(img):
         t0 = time.perf_counter()
@@ -301,7 +307,7 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
         up = upsample(img, s)
         regions = propose_regions(scale_boxes(nuclei, s), image_size=up.shape[:2], settings=search)
         t1 = time.perf_counter()
-        found, layout = fine_detect(up, regions, dets[UPSAMPLED], settings=search)
+        found, layout = fine_detect(up, regions, dets.get("search", dets.get(UPSAMPLED)), settings=search)
         mn = scale_boxes(found[found["class"] == MN], 1 / s).assign(image=nuclei["image"].iloc[0] if len(nuclei) else "image")
         t2 = time.perf_counter()
         piece_px = float(((layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"])).sum()) if len(layout) else 0.0
@@ -344,6 +350,9 @@ def run_study(profile: str | MNProfile = "smoke", *, work_dir: Path | None = Non
     work = Path(work_dir) if work_dir else default_work_dir(prof)
     runs = train_detectors(prof, work_dir=work, device=dev, log=log)
     dets = {k: YoloDetector(r, conf=prof.conf, imgsz=prof.tile, max_det=1000, device=dev) for k, r in runs.items()}
+    if UPSAMPLED in dets:  # the same weights on the guided search's larger canvases (same pixel scale)
+        dets["search"] = YoloDetector(dets[UPSAMPLED].model, conf=prof.conf, imgsz=prof.guided_canvas, max_det=1000,
+                                      device=dev)
     # every detector was trained on the same canonical images: one recorded 8-bit mapping
     images = load_test_images(prof, dets[NATIVE if NATIVE in dets else next(iter(dets))].normalisation)
     gt, true_mn, true_nuclei = load_truth(prof)
