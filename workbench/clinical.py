@@ -113,14 +113,22 @@ def image_counts(gt: pd.DataFrame, pred: pd.DataFrame, *, positive: Sequence[str
     keep = set(names)
     gt = gt[gt["image"].astype(str).isin(keep)].reset_index(drop=True)
     pred = pred[pred["image"].astype(str).isin(keep)].reset_index(drop=True)
-    m = cell_matches(gt, pred, iou_thr=iou_thr)
+    return counts_from_matches(cell_matches(gt, pred, iou_thr=iou_thr), positive=pos, images=names)
+
+
+def counts_from_matches(m: pd.DataFrame, *, positive: Sequence[str], images: Sequence[str]) -> pd.DataFrame:
+    """The per-image counts of :func:`image_counts` from any class-agnostic match table
+    (``image kind outcome gt_class pred_class`` as :func:`workbench.metrics.match` writes it),
+    so other matching criteria (e.g. centre distance for tiny objects) give the same rates."""
+    names = list(images)
+    m = m[m["image"].astype(str).isin(set(names))]
     is_gt = (m["kind"] == "gt").to_numpy()
     outcome = m["outcome"].astype(str).to_numpy()
     matched = outcome == "tp"
     gt_cls = m["gt_class"].astype(object).to_numpy()
     pred_cls = m["pred_class"].astype(object).to_numpy()
-    gt_pos = np.isin(gt_cls, pos)
-    pred_pos = np.isin(pred_cls, pos)
+    gt_pos = np.isin(gt_cls, list(positive))
+    pred_pos = np.isin(pred_cls, list(positive))
     g = is_gt & (outcome != "ignored")
     p = ~is_gt & (outcome != "ignored")
     flags = {

@@ -47,6 +47,8 @@ def demo_jobs(profile: str) -> list[Job]:
             "Independent test: micronuclei vs nuclei (MNFinder), per acquisition set"),
         Job("06_inspect_hard_cases", {"profile": profile}, "Hard-case queue (GT vs predictions, TP/FP/FN)"),
         Job("07_large_images", {"profile": profile}, "Large images: tiled vs two-stage vs resized, time vs accuracy"),
+        Job("08_micronuclei", {"profile": profile},
+            "Micronuclei: native vs upsampled vs P2 vs nucleus-guided; MN recall/precision per matching criterion, MN frequency"),
     ]
 
 

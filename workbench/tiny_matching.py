@@ -276,19 +276,8 @@ def clinical_counts(gt: pd.DataFrame, pred: pd.DataFrame, *, positive: Sequence[
     """Per-image counts of :func:`workbench.clinical.image_counts`, but matched class-agnostically
     under per-class ``criteria`` (the GT's class chooses), for :func:`clinical.rates_from_counts`."""
     pos = [positive] if isinstance(positive, str) else list(positive)
+    from .clinical import counts_from_matches
+
     m = match(gt, pred, criteria, class_agnostic=True)
     names = list(dict.fromkeys(images)) if images is not None else sorted(set(m["image"].astype(str)))
-    m = m[m["image"].astype(str).isin(set(names))]
-    is_gt = (m["kind"] == "gt").to_numpy()
-    matched = (m["outcome"] == "tp").to_numpy()
-    gt_cls, pred_cls = m["gt_class"].to_numpy(object), m["pred_class"].to_numpy(object)
-    gt_pos, pred_pos = np.isin(gt_cls, pos), np.isin(pred_cls, pos)
-    flags = {"n_gt": is_gt, "n_detected": is_gt & matched, "n_correct": is_gt & matched & (gt_cls == pred_cls),
-             "n_pred": ~is_gt, "n_pred_pos": ~is_gt & pred_pos,
-             "n_false_pos": ~is_gt & pred_pos & ~(matched & gt_pos), "n_gt_pos": is_gt & gt_pos,
-             "n_false_neg": is_gt & gt_pos & ~(matched & pred_pos)}
-    idx = pd.Index(names).get_indexer(m["image"].astype(str))
-    out = pd.DataFrame({"image": pd.Series(names, dtype=str)})
-    for col, f in flags.items():
-        out[col] = np.bincount(idx[f], minlength=len(names)).astype(np.int64)
-    return out
+    return counts_from_matches(m, positive=pos, images=names)
