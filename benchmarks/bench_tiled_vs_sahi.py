@@ -93,7 +93,11 @@ def workbench_predictor(weights: Path, *, conf: float, slice_size: int, overlap:
 
 def measure(arms: dict, images: dict[str, np.ndarray], repeats: int) -> dict[str, tuple[pd.DataFrame, float]]:
     """Median seconds per image for every arm; arms take turns within each repeat, so load
-    from other processes on a shared machine falls on all of them alike."""
+    from other processes on a shared machine falls on all of them alike. Every arm runs with
+    torch on all CPU threads (ultralytics would leave it at cpu_count - 1), so neither side
+    gets more threads than the other."""
+    from workbench.device import all_cpu_threads
+
     first = next(iter(images.values()))
     for predict in arms.values():
         predict(first)  # warm-up
@@ -102,9 +106,10 @@ def measure(arms: dict, images: dict[str, np.ndarray], repeats: int) -> dict[str
     for r in range(repeats):
         for image_id, rgb in images.items():
             for name, predict in arms.items():
-                t0 = time.perf_counter()
-                tables[name][image_id] = predict(rgb)
-                times[name][image_id].append(time.perf_counter() - t0)
+                with all_cpu_threads():
+                    t0 = time.perf_counter()
+                    tables[name][image_id] = predict(rgb)
+                    times[name][image_id].append(time.perf_counter() - t0)
         print(f"  repeat {r + 1}/{repeats}: " + ", ".join(
             f"{n} {statistics.mean(t[-1] for t in times[n].values()):.2f} s" for n in arms), flush=True)
     return {name: (pd.concat([t.assign(image=i) for i, t in tables[name].items()], ignore_index=True),

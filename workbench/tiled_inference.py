@@ -273,9 +273,12 @@ class YoloDetector:
     def __call__(self, arrays: Sequence[np.ndarray]) -> list[pd.DataFrame]:
         if not len(arrays):
             return []
+        from .device import all_cpu_threads
+
         bgr = [to_bgr(a) for a in arrays]
-        results = self.model.predict(bgr, batch=len(bgr), conf=self.conf, iou=self.iou, imgsz=self.imgsz,
-                                     max_det=self.max_det, device=self.device, verbose=False, save=False)
+        with all_cpu_threads(self.device):
+            results = self.model.predict(bgr, batch=len(bgr), conf=self.conf, iou=self.iou, imgsz=self.imgsz,
+                                         max_det=self.max_det, device=self.device, verbose=False, save=False)
         self.calls += 1
         return [_boxes(r, self.names) for r in results]
 
