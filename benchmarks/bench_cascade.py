@@ -27,7 +27,7 @@ from workbench.cascade import cascade_predict  # noqa: E402
 from workbench.classifier import load_classifier  # noqa: E402
 from workbench.crops import crop_table, dataset_images  # noqa: E402
 from workbench.device import describe_device, pick_device  # noqa: E402
-from workbench.predict import _load, image_items, predict  # noqa: E402
+from workbench.predict import image_items, load_detector, predict  # noqa: E402
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -55,9 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
     dev = pick_device(a.device)
-    yolo, record = _load(a.detector)
-    cfg = (record or {}).get("config", {})
-    imgsz, max_det = int(cfg.get("imgsz") or 640), int(cfg.get("max_det") or 300)
+    loaded = load_detector(a.detector)
+    yolo, imgsz, max_det = loaded.yolo, loaded.imgsz, loaded.max_det
     clf = load_classifier(a.classifier, device=dev)
     if a.arch:
         import dataclasses

@@ -145,13 +145,10 @@ def _raw(classifier: Classifier, source: Any, *, detector: Any, split: str | Non
          device: str | None, iou: float, imgsz: int | None, max_det: int | None, batch: int, cls_batch: int,
          chunk: int, extra: Callable[[str], np.ndarray] | None) -> tuple[pd.DataFrame, np.ndarray]:
     """Detections at ``det_conf`` and the classifier's probabilities for each (rows aligned)."""
-    from .predict import _load, _normalisation, image_items, predict
+    from .predict import image_items, load_detector, predict
 
-    yolo, record = _load(detector)
-    config = (record or {}).get("config", {})
-    imgsz = int(imgsz or config.get("imgsz") or 640)
-    max_det = int(max_det or config.get("max_det") or 300)
-    norm = _normalisation(record)
+    loaded = load_detector(detector, imgsz=imgsz, max_det=max_det)
+    yolo, imgsz, max_det, norm = loaded.yolo, loaded.imgsz, loaded.max_det, loaded.normalisation
     items = image_items(source, split=split)
     dev = pick_device(device)
     needs = classifier.in_chans - 3 - int(classifier.spec.box_mask)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -51,11 +52,8 @@ def predict(model: Any, source: Source, *, split: str | None = None, conf: float
         raise ValueError(f"need 0 <= conf <= 1 and 0 < iou <= 1, got conf={conf}, iou={iou}")
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
-    yolo, record = _load(model)
-    config = (record or {}).get("config", {})
-    imgsz = int(imgsz or config.get("imgsz") or 640)
-    max_det = int(max_det or config.get("max_det") or 300)
-    norm = _normalisation(record)
+    det = load_detector(model, imgsz=imgsz, max_det=max_det)
+    yolo, imgsz, max_det, norm = det.yolo, det.imgsz, det.max_det, det.normalisation
     items = image_items(source, split=split)
     kwargs = dict(conf=conf, iou=iou, imgsz=imgsz, max_det=max_det, device=pick_device(device),
                   verbose=False, save=False)
@@ -177,6 +175,25 @@ def _rows(name: str, result, names: Mapping[int, str]) -> pd.DataFrame:
                          "x2": xyxy[:, 2], "y2": xyxy[:, 3],
                          "class": [str(names[int(c)]) for c in cls],
                          "score": boxes.conf.cpu().numpy().astype(float)})
+
+
+@dataclass(frozen=True)
+class LoadedDetector:
+    """A detector with the settings its run recorded: what every inference path needs."""
+
+    yolo: Any  # ultralytics.YOLO
+    record: dict[str, Any] | None  # run.json, when the weights came from a run folder
+    imgsz: int  # the run's training size unless given (else 640)
+    max_det: int  # the run's max_det unless given (else 300)
+    normalisation: Normalisation  # the 8-bit mapping of the training data
+
+
+def load_detector(model: Any, *, imgsz: int | None = None, max_det: int | None = None) -> LoadedDetector:
+    """Load a run folder, weights file or ``YOLO`` with its recorded size, max_det and normalisation."""
+    yolo, record = _load(model)
+    config = (record or {}).get("config", {})
+    return LoadedDetector(yolo, record, int(imgsz or config.get("imgsz") or 640),
+                          int(max_det or config.get("max_det") or 300), _normalisation(record))
 
 
 def _load(model: Any) -> tuple[Any, dict[str, Any] | None]:

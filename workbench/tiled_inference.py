@@ -256,17 +256,15 @@ class YoloDetector:
     def __init__(self, model: Any, *, conf: float = 0.25, iou: float = 0.7, imgsz: int | None = None,
                  max_det: int | None = None, device: str | None = None):
         from .device import pick_device
-        from .predict import _load, _normalisation
+        from .predict import load_detector
 
         if not 0 <= conf <= 1 or not 0 < iou <= 1:
             raise ValueError(f"need 0 <= conf <= 1 and 0 < iou <= 1, got conf={conf}, iou={iou}")
-        self.model, record = _load(model)
-        config = (record or {}).get("config", {})
-        self.imgsz = int(imgsz or config.get("imgsz") or 640)
-        self.max_det = int(max_det or config.get("max_det") or 300)
+        loaded = load_detector(model, imgsz=imgsz, max_det=max_det)
+        self.model, self.imgsz, self.max_det = loaded.yolo, loaded.imgsz, loaded.max_det
         self.conf, self.iou = conf, iou
         self.device = pick_device(device)
-        self.normalisation = _normalisation(record)
+        self.normalisation = loaded.normalisation
         self.names = self.model.names
         self.calls = 0  # detector calls made (batches), for benchmarks
 
