@@ -67,17 +67,19 @@ def test_large_images_notebook_smoke(tmp_path):
     assert tables, "notebook 07 wrote no time-vs-accuracy table"
 
 
-def test_independent_test_notebook_smoke(tmp_path):
-    executed = run_notebook("05_independent_test", {"dataset": "bccd", "profile": "smoke",
+@pytest.mark.parametrize("dataset, group_by, n_test, positive", [("bccd", "density", 6, ["WBC", "Platelets"]),
+                                                                  ("mnfinder", "set", 2, ["mn"])])
+def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, positive):
+    executed = run_notebook("05_independent_test", {"dataset": dataset, "group_by": group_by, "profile": "smoke",
                                                     "work_dir": str(tmp_path / "work")}, out_dir=tmp_path / "out")
     assert not _errors(executed)
     out = tmp_path / "out"
     rates = pd.read_csv(out / "rates.csv")
     assert set(rates["system"]) == {"detector-only", "cascade"}
     assert set(rates["metric"]) == {"detection_rate", "classification_rate", "fp_rate", "fn_rate"}
-    assert "all" in set(rates["group"]) and len(set(rates["group"])) > 1  # overall and per density group
+    assert "all" in set(rates["group"]) and len(set(rates["group"])) > 1  # overall and per group
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["split"] == "test" and settings["test_images"] == 6
+    assert settings["split"] == "test" and settings["test_images"] == n_test and settings["positive"] == positive
     cascade = pd.read_csv(out / "predictions_cascade.csv")
     assert {"det_class", "det_score", "cls_class", "cls_prob", "final_class", "changed"} <= set(cascade.columns)
     pf = pd.read_csv(out / "pass_fail.csv")
