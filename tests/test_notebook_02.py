@@ -3,22 +3,15 @@ from __future__ import annotations
 
 import json
 
-import nbformat
 import pandas as pd
 
-from workbench.notebooks import run_notebook
+from workbench.notebooks import error_names, run_notebook
 from workbench.style_study import PROFILES
-
-
-def _errors(executed) -> list[str]:
-    nb = nbformat.read(executed, as_version=4)
-    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def test_style_levels_notebook_smoke(tmp_path):
     executed = run_notebook("02_style_levels", {"target": "bccd", "profile": "smoke"}, out_dir=tmp_path)
-    assert not _errors(executed)
+    assert not error_names(executed)
     prof = PROFILES["smoke"]
     heat = pd.read_csv(tmp_path / "heatmap_map50.csv", dtype={"train_subset": str})
     assert heat["train_subset"].tolist() == ["0", "0-2"]  # the profile's level subsets, in order

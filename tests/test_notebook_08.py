@@ -4,24 +4,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import nbformat
 import numpy as np
 import pandas as pd
 
 from workbench import mn_study
-from workbench.notebooks import run_notebook
-
-
-def _errors(executed) -> list[str]:
-    nb = nbformat.read(executed, as_version=4)
-    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+from workbench.notebooks import error_names, run_notebook
 
 
 def test_micronuclei_notebook_smoke(tmp_path):
     out = tmp_path / "out"
     executed = run_notebook("08_micronuclei", {"profile": "smoke", "work_dir": str(tmp_path / "work")}, out_dir=out)
-    assert not _errors(executed)
+    assert not error_names(executed)
     summary = pd.read_csv(out / "mn_study.csv")
     assert summary["approach"].tolist() == list(mn_study.APPROACHES)
     rates = summary.filter(like="recall").join(summary.filter(like="precision"))

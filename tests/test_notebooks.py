@@ -7,14 +7,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from workbench.notebooks import run_notebook
+from workbench.notebooks import error_names, run_notebook
 from workbench.paths import NOTEBOOKS_DIR
-
-
-def _errors(executed) -> list[str]:
-    nb = nbformat.read(executed, as_version=4)
-    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
 def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
@@ -32,7 +26,7 @@ def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
 def test_dataset_audit_notebook(tmp_path, dataset, classes):
     executed = run_notebook("01_dataset_audit", {"dataset": dataset, "profile": "smoke", "examples": 4},
                             out_dir=tmp_path)
-    assert not _errors(executed)
+    assert not error_names(executed)
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert audit["classes"] == classes  # equal to the counts in the raw files (see the importer tests)
     assert (tmp_path / "audit" / "figures" / "class_counts.png").exists()
@@ -40,7 +34,7 @@ def test_dataset_audit_notebook(tmp_path, dataset, classes):
 
 def test_pretrain_vs_scratch_notebook_smoke(tmp_path):
     executed = run_notebook("03_pretrain_vs_scratch", {"target": "bccd", "profile": "smoke"}, out_dir=tmp_path)
-    assert not _errors(executed)
+    assert not error_names(executed)
     runs = pd.read_csv(tmp_path / "runs.csv")
     assert set(runs["arm"]) == {"pretrain (source)", "scratch", "fine-tune", "scratch, equal compute"}
     assert runs["map50"].notna().all() and (runs["duration_s"] > 0).all()
@@ -53,7 +47,7 @@ def test_pretrain_vs_scratch_notebook_smoke(tmp_path):
 
 def test_model_size_notebook_smoke(tmp_path):
     executed = run_notebook("04_model_size", {"target": "bccd", "profile": "smoke"}, out_dir=tmp_path)
-    assert not _errors(executed)
+    assert not error_names(executed)
     table = pd.read_csv(tmp_path / "model_size.csv")
     assert table["model"].tolist() == ["yolov8n", "yolov8s"]
     assert table["params"].is_monotonic_increasing and (table["latency_ms"] > 0).all()
@@ -62,7 +56,7 @@ def test_model_size_notebook_smoke(tmp_path):
 def test_large_images_notebook_smoke(tmp_path):
     executed = run_notebook("07_large_images", {"profile": "smoke", "work_dir": str(tmp_path / "work")},
                             out_dir=tmp_path / "out")
-    assert not _errors(executed)
+    assert not error_names(executed)
     tables = list((tmp_path / "out").rglob("*.csv"))
     assert tables, "notebook 07 wrote no time-vs-accuracy table"
 
@@ -72,7 +66,7 @@ def test_large_images_notebook_smoke(tmp_path):
 def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, positive):
     executed = run_notebook("05_independent_test", {"dataset": dataset, "group_by": group_by, "profile": "smoke",
                                                     "work_dir": str(tmp_path / "work")}, out_dir=tmp_path / "out")
-    assert not _errors(executed)
+    assert not error_names(executed)
     out = tmp_path / "out"
     rates = pd.read_csv(out / "rates.csv")
     assert set(rates["system"]) == {"detector-only", "cascade"}
@@ -86,3 +80,19 @@ def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, po
     assert {"target", "passed", "passed_ci"} <= set(pf.columns)
     for fig in ("class_share", "cell_size", "neighbourhood", "worst_overlays"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
+
+
+def test_error_names_reports_the_exceptions_of_executed_cells(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from workbench.notebooks import error_names
+
+    nb = new_notebook(cells=[new_code_cell("1", outputs=[new_output("execute_result", data={"text/plain": "1"})]),
+                             new_code_cell("1/0", outputs=[new_output("error", ename="ZeroDivisionError",
+                                                                      evalue="division by zero", traceback=[])])])
+    path = tmp_path / "executed.ipynb"
+    nbformat.write(nb, path)
+    assert error_names(path) == ["ZeroDivisionError"]
+    nb.cells.pop()
+    nbformat.write(nb, path)
+    assert error_names(path) == []

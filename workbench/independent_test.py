@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
-from .canonical import read_meta
+from .atomic import write_text
 
 SYSTEMS = ("detector-only", "cascade")
 
@@ -176,6 +176,7 @@ class TestResult:
     rates: pd.DataFrame  # compare_systems: system, group, metric, value, lo, hi, count, total, n_images
     pass_fail: pd.DataFrame
     errors: pd.DataFrame  # attribute_errors summary per system
+    error_cells: pd.DataFrame  # attribute_errors table of the cascade: one row per GT cell / spurious box
     detection: pd.DataFrame  # per system: map50, map50_95, per-class AP50
     timing: pd.DataFrame  # per system: seconds, images, s/image
     gt: pd.DataFrame
@@ -244,8 +245,9 @@ def evaluate_models(data: Path, detector: Path, classifier: Path, *, positive: S
     rates = compare_systems(gt.boxes, preds, positive=list(positive), group_by=group_col, meta=meta,
                             n_boot=n_boot, seed=0)
     pf = pass_fail(rates, preset)
-    errors = pd.concat([attribute_errors(gt.boxes, p, images=gt.images)[1].assign(system=name)
-                        for name, p in preds.items()], ignore_index=True)
+    attributed = {name: attribute_errors(gt.boxes, p, images=gt.images) for name, p in preds.items()}
+    errors = pd.concat([summary.assign(system=name) for name, (_, summary) in attributed.items()],
+                       ignore_index=True)
     timing = pd.DataFrame([
         {"system": "detector-only", "seconds": t_det, "images": len(gt.images), "boxes": len(det_alone)},
         {"system": "cascade", "seconds": t_cascade, "images": len(gt.images), "boxes": len(cas)}])
@@ -257,6 +259,7 @@ def evaluate_models(data: Path, detector: Path, classifier: Path, *, positive: S
                 "n_boot": n_boot, "test_images": len(gt.images),
                 "group_derived": bool(group_by) and group_by not in gt.meta.reset_index().columns}
     return TestResult(settings=settings, rates=rates, pass_fail=pf, errors=errors,
+                      error_cells=attributed["cascade"][0],
                       detection=detection_table(gt.boxes, preds, gt.classes), timing=timing, gt=gt.boxes,
                       predictions=preds, meta=meta, tuning=tuning)
 
@@ -375,10 +378,8 @@ def write_outputs(result: TestResult, out: Path, *, normal: Sequence[str], n_gal
                           "Normal cells within k x the mean positive-cell radius of each positive cell "
                           "(radius = sqrt(area/pi)); line = mean over images, band = range. " + cap),
     }
-    from .cascade import attribute_errors
-
     cascade = result.predictions["cascade"]
-    table_err, _ = attribute_errors(result.gt, cascade, images=list(result.meta["image_id"]))
+    table_err = result.error_cells
     err_per_image = (table_err[table_err["error"] != "correct"].groupby("image").size()
                      .sort_values(ascending=False, kind="stable"))
     worst = [str(i) for i in err_per_image.index[:n_gallery]]
@@ -400,8 +401,5 @@ def write_outputs(result: TestResult, out: Path, *, normal: Sequence[str], n_gal
                                   "cells no detection matched (IoU < 0.5). " + cap)
     for name, (fig, caption) in figs.items():
         written += save_figure(fig, out / name, caption=caption)
-    settings = {k: v for k, v in result.settings.items()}
-    path = out / "settings.json"
-    path.write_text(json.dumps(settings, indent=2, default=str) + "\n")
-    written.append(path)
+    written.append(write_text(out / "settings.json", json.dumps(result.settings, indent=2, default=str) + "\n"))
     return written

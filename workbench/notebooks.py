@@ -48,3 +48,12 @@ def run_notebook(name: str, params: dict[str, Any] | None = None, *, out_dir: Pa
     pm.execute_notebook(str(src), str(executed), parameters=params, kernel_name=kernel_name(),
                         cwd=str(NOTEBOOKS_DIR), log_output=log_output, progress_bar=False)
     return executed
+
+
+def error_names(executed: str | Path) -> list[str]:
+    """Names of the exceptions raised in an executed notebook's cells (empty when it ran cleanly)."""
+    import nbformat
+
+    nb = nbformat.read(str(executed), as_version=4)
+    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
+            for o in c.get("outputs", []) if o.get("output_type") == "error"]
