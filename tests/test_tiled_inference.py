@@ -92,6 +92,41 @@ def test_empty_tiles_are_skipped_only_when_really_empty():
     assert out_all.attrs["skipped"] == 0 and out_all.attrs["tiles"] == 4 and len(out_all) == 1
 
 
+class _OneTablePerCall(BlobDetector):
+    """The same blobs through the ``detect_items`` protocol: one table per call with ``item``."""
+
+    def detect_items(self, arrays):
+        self.calls.append(len(arrays))
+        return pd.concat([self._one(a).assign(item=k) for k, a in enumerate(arrays)], ignore_index=True)
+
+
+def test_a_detector_giving_one_table_per_call_is_read_like_one_giving_a_table_per_tile():
+    a = blob_image(480, 600, CELLS)
+    b = blob_image(150, 150, [(50, 50, 70, 80)], rgb=False)
+    s = TileSettings(tile=200, overlap=0.25, batch=5, merge="nmm")
+    per_tile, per_call = BlobDetector(), _OneTablePerCall()
+    expected = tiled_predict(per_tile, {"a": a, "b": b}, settings=s)
+    got = tiled_predict(per_call, {"a": a, "b": b}, settings=s)
+    pd.testing.assert_frame_equal(got, expected)
+    assert per_call.calls == per_tile.calls and len(got) == len(CELLS) + 1
+
+
+def test_a_one_table_detector_must_say_which_array_each_box_belongs_to():
+    class NoItem(_OneTablePerCall):
+        def detect_items(self, arrays):
+            return super().detect_items(arrays).drop(columns="item")
+
+    class WrongItem(_OneTablePerCall):
+        def detect_items(self, arrays):
+            return super().detect_items(arrays).assign(item=len(arrays))
+
+    img = blob_image(480, 600, CELLS)
+    with pytest.raises(ValueError, match="without an 'item' column"):
+        tiled_predict_image(img, NoItem(), settings=TileSettings(tile=200, overlap=0.25))
+    with pytest.raises(ValueError, match="items outside 0..3"):
+        tiled_predict_image(img, WrongItem(), settings=TileSettings(tile=200, overlap=0.25, batch=4))
+
+
 def test_bad_detectors_and_images_fail_with_clear_errors():
     img = blob_image(100, 100, [(10, 10, 20, 20)])
     with pytest.raises(ValueError, match="returned 0 tables for 1"):

@@ -13,7 +13,10 @@ tiles' best views of the cell.
 A *detector* is any callable ``f(list of 8-bit RGB (H, W, 3) or grey (H, W) arrays) ->
 list of box tables`` (one per array, columns ``x1 y1 x2 y2 class score`` in that array's
 pixels). :class:`YoloDetector` adapts an ultralytics run or weights file; a cascade or a
-test fake plugs in the same way.
+test fake plugs in the same way. A detector may also offer ``detect_items(arrays)``: one
+table for the whole call with an ``item`` column (the array's index). The tiler then builds,
+checks and concatenates one table per batch instead of one per tile, which on 25 tiles of a
+1000x1000 image was ~10% of the time.
 
 Empty tiles: with ``empty_std`` set, a tile whose grey-level standard deviation (8-bit
 units) is below it is not sent to the detector. Off by default. A single 5x5 cell of
@@ -103,16 +106,33 @@ def check_box_table(table: pd.DataFrame, where: str) -> pd.DataFrame:
     return table
 
 
-def run_batched(detector: Detector, arrays: Sequence[np.ndarray], *, batch: int) -> list[pd.DataFrame]:
-    """The detector over ``arrays`` in calls of at most ``batch`` arrays; one table per array."""
-    out: list[pd.DataFrame] = []
+def detect_batches(detector: Detector, arrays: Sequence[np.ndarray], *, batch: int) -> pd.DataFrame:
+    """Every array's boxes in one checked table with an ``item`` column (index into
+    ``arrays``), from calls of at most ``batch`` arrays. Uses the detector's
+    ``detect_items`` when it has one, else concatenates its per-array tables."""
+    parts: list[pd.DataFrame] = []
+    fast = getattr(detector, "detect_items", None)
     for start in range(0, len(arrays), batch):
         chunk = list(arrays[start:start + batch])
+        where = f"batch of items {start}-{start + len(chunk) - 1}"
+        if fast is not None:
+            table = check_box_table(fast(chunk), where)
+            if "item" not in table.columns:
+                raise ValueError(f"{where}: detect_items returned a table without an 'item' column")
+            items = table["item"].to_numpy()
+            if len(items) and (items.min() < 0 or items.max() >= len(chunk)):
+                raise ValueError(f"{where}: detect_items returned items outside 0..{len(chunk) - 1}")
+            parts.append(table.assign(item=items.astype(np.int64) + start))
+            continue
         tables = list(detector(chunk))
         if len(tables) != len(chunk):
             raise ValueError(f"detector returned {len(tables)} tables for {len(chunk)} images")
-        out += [check_box_table(t, f"batch item {start + k}") for k, t in enumerate(tables)]
-    return out
+        parts += [check_box_table(t, f"batch item {start + k}").assign(item=start + k)
+                  for k, t in enumerate(tables) if len(t)]
+    if not parts:
+        return pd.DataFrame({**{c: pd.Series(dtype=float) for c in BOX_COLUMNS},
+                             "class": pd.Series(dtype=str), "item": pd.Series(dtype=np.int64)})
+    return pd.concat(parts, ignore_index=True)
 
 
 # ----------------------------------------------------------------------------- tiled prediction
@@ -127,15 +147,16 @@ def tiled_predict(detector: Detector, images: Mapping[str, np.ndarray] | Iterabl
     and skipped as empty.
     """
     items = images.items() if isinstance(images, Mapping) else images
-    found: list[tuple[pd.DataFrame, str, int, np.ndarray]] = []  # tile table, image, tile no, window
+    found: list[tuple[pd.DataFrame, list[tuple[str, int, np.ndarray]]]] = []  # batch table, its tiles
     pending: list[tuple[str, int, np.ndarray, np.ndarray]] = []  # image, tile no, window, pixels
     n_tiles = n_skipped = 0
     order: dict[str, int] = {}
     shapes: dict[str, tuple[int, int]] = {}
 
     def flush() -> None:
-        tables = run_batched(detector, [p[3] for p in pending], batch=settings.batch)
-        found.extend((t, name, k, win) for (name, k, win, _), t in zip(pending, tables) if len(t))
+        table = detect_batches(detector, [p[3] for p in pending], batch=settings.batch)
+        if len(table):
+            found.append((table, [p[:3] for p in pending]))
         pending.clear()
 
     for name, image in items:
@@ -161,22 +182,24 @@ def tiled_predict(detector: Detector, images: Mapping[str, np.ndarray] | Iterabl
     return table
 
 
-def _to_image(found: list[tuple[pd.DataFrame, str, int, np.ndarray]],
+def _to_image(found: list[tuple[pd.DataFrame, list[tuple[str, int, np.ndarray]]]],
               shapes: Mapping[str, tuple[int, int]]) -> pd.DataFrame | None:
     """All tiles' boxes in one table, shifted to image pixels and clipped to the image
     (one vectorised pass: per-tile pandas operations cost more than the merge)."""
     if not found:
         return None
-    raw = pd.concat([t[BOX_COLUMNS] for t, *_ in found], ignore_index=True)
-    n = np.array([len(t) for t, *_ in found])
-    win = np.repeat(np.array([w for *_, w in found], dtype=float), n, axis=0)
-    size = np.repeat(np.array([shapes[name][::-1] for _, name, _, _ in found], dtype=float), n, axis=0)  # w, h
+    raw = pd.concat([t[BOX_COLUMNS] for t, _ in found], ignore_index=True)
+    tiles = [tile for _, batch in found for tile in batch]
+    offset = np.cumsum([0] + [len(batch) for _, batch in found[:-1]])
+    item = np.concatenate([t["item"].to_numpy(dtype=np.int64) + o for (t, _), o in zip(found, offset)])
+    names = np.array([name for name, _, _ in tiles], dtype=object)[item]
+    win = np.array([w for _, _, w in tiles], dtype=float)[item]
+    size = np.array([shapes[n][::-1] for n, _, _ in tiles], dtype=float)[item]  # w, h
     local = raw[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float)
     raw["cut"] = touches_inner_edge(local, win, size)
-    xyxy = np.clip(local + np.tile(win[:, :2], 2), 0, np.tile(size, 2))
-    raw[["x1", "y1", "x2", "y2"]] = xyxy
-    raw["image"] = np.repeat([name for _, name, _, _ in found], n)
-    raw["tile"] = np.repeat([k for _, _, k, _ in found], n)
+    raw[["x1", "y1", "x2", "y2"]] = np.clip(local + np.tile(win[:, :2], 2), 0, np.tile(size, 2))
+    raw["image"] = names
+    raw["tile"] = np.array([k for _, k, _ in tiles], dtype=np.int64)[item]
     return raw
 
 
@@ -269,8 +292,16 @@ class YoloDetector:
         self.calls = 0  # detector calls made (batches), for benchmarks
 
     def __call__(self, arrays: Sequence[np.ndarray]) -> list[pd.DataFrame]:
+        table = self.detect_items(arrays)
+        parts = dict(iter(table.groupby("item", sort=True)))
+        return [parts[k].drop(columns="item").reset_index(drop=True) if k in parts else empty_boxes()
+                for k in range(len(arrays))]
+
+    def detect_items(self, arrays: Sequence[np.ndarray]) -> pd.DataFrame:
+        """One ``predict`` call over ``arrays``: every box in one table with ``item`` (the
+        array's index), columns ``x1 y1 x2 y2 class score item``."""
         if not len(arrays):
-            return []
+            return empty_boxes().assign(item=pd.Series(dtype=np.int64))
         from .device import all_cpu_threads
 
         bgr = [to_bgr(a) for a in arrays]
@@ -278,7 +309,7 @@ class YoloDetector:
             results = self.model.predict(bgr, batch=len(bgr), conf=self.conf, iou=self.iou, imgsz=self.imgsz,
                                          max_det=self.max_det, device=self.device, verbose=False, save=False)
         self.calls += 1
-        return [_boxes(r, self.names) for r in results]
+        return _boxes(results, self.names)
 
 
 def to_bgr(array: np.ndarray) -> np.ndarray:
@@ -290,13 +321,24 @@ def to_bgr(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., ::-1])
 
 
-def _boxes(result: Any, names: Mapping[int, str]) -> pd.DataFrame:
-    boxes = result.boxes
-    xyxy = boxes.xyxy.cpu().numpy().reshape(-1, 4).astype(float)
-    cls = boxes.cls.cpu().numpy().astype(int)
-    return pd.DataFrame({"x1": xyxy[:, 0], "y1": xyxy[:, 1], "x2": xyxy[:, 2], "y2": xyxy[:, 3],
-                         "class": [str(names[int(c)]) for c in cls],
-                         "score": boxes.conf.cpu().numpy().astype(float)})
+def empty_boxes() -> pd.DataFrame:
+    """A box table with no rows (``x1 y1 x2 y2 class score``)."""
+    return pd.DataFrame({"x1": pd.Series(dtype=float), "y1": pd.Series(dtype=float), "x2": pd.Series(dtype=float),
+                         "y2": pd.Series(dtype=float), "class": pd.Series(dtype=str), "score": pd.Series(dtype=float)})
+
+
+def _boxes(results: Sequence[Any], names: Mapping[int, str]) -> pd.DataFrame:
+    """ultralytics Results of one call as one table (``item`` = index of the result)."""
+    def cat(attr: str, width: int | None = None) -> np.ndarray:
+        parts = [np.asarray(getattr(r.boxes, attr).cpu().numpy(), dtype=float) for r in results]
+        parts = [p.reshape(-1, width) if width else p.reshape(-1) for p in parts]
+        return np.concatenate(parts) if parts else np.zeros((0, width) if width else 0)
+
+    xyxy, cls, conf = cat("xyxy", 4), cat("cls").astype(np.int64), cat("conf")
+    n = [len(r.boxes.conf) for r in results]
+    labels = np.array([str(names[int(k)]) for k in cls], dtype=object)
+    return pd.DataFrame({"x1": xyxy[:, 0], "y1": xyxy[:, 1], "x2": xyxy[:, 2], "y2": xyxy[:, 3], "class": labels,
+                         "score": conf, "item": np.repeat(np.arange(len(results), dtype=np.int64), n)})
 
 
 def predict_large(model: Any, source: Any, *, settings: TileSettings = TileSettings(), conf: float = 0.25,
@@ -310,7 +352,8 @@ def predict_large(model: Any, source: Any, *, settings: TileSettings = TileSetti
                          settings=settings)
 
 
-__all__ = ["BOX_COLUMNS", "Detector", "TileSettings", "YoloDetector", "check_box_table", "check_image", "is_empty",
-           "predict_large", "read_images", "run_batched", "sort_table", "tile_windows",
+__all__ = ["BOX_COLUMNS", "Detector", "TileSettings", "YoloDetector", "check_box_table", "check_image", "detect_batches",
+           "empty_boxes", "is_empty",
+           "predict_large", "read_images", "sort_table", "tile_windows",
            "tiled_predict", "tiled_predict_image", "to_bgr", "touches_inner_edge"]
 

@@ -35,7 +35,7 @@ import pandas as pd
 
 from .merging import METHODS, METRICS, merge_table, nms, overlap_pairs, union_boxes
 from .predict import COLUMNS, empty_table
-from .tiled_inference import (BOX_COLUMNS, Detector, TileSettings, run_batched, sort_table, tile_windows,
+from .tiled_inference import (BOX_COLUMNS, Detector, TileSettings, detect_batches, sort_table, tile_windows,
                               tiled_predict_image, check_image, touches_inner_edge)
 
 LAYOUT_COLUMNS = ["piece", "region", "canvas", "cx", "cy", "x0", "y0", "x1", "y1"]
@@ -309,9 +309,8 @@ def fine_detect(image: np.ndarray, regions: np.ndarray, detector: Detector, *,
     if layout.empty:
         return pd.DataFrame(columns=BOX_COLUMNS), layout
     canvases = render_canvases(image, layout, canvas=s.canvas, fill=s.fill)
-    tables = run_batched(detector, canvases, batch=s.batch)
-    raw = pd.concat([t[BOX_COLUMNS].assign(canvas=k) for k, t in enumerate(tables) if len(t)] or
-                    [pd.DataFrame(columns=[*BOX_COLUMNS, "canvas"])], ignore_index=True)
+    raw = detect_batches(detector, canvases, batch=s.batch).rename(columns={"item": "canvas"})
+    raw = raw[[*BOX_COLUMNS, "canvas"]]
     boxes = unpack_boxes(raw, layout, min_inside=s.min_inside)
     if boxes.empty:
         return pd.DataFrame(columns=BOX_COLUMNS), layout
