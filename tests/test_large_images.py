@@ -34,3 +34,97 @@ def test_cells_inside_regions():
     gt = pd.DataFrame({"x1": [0.0, 50], "y1": [0.0, 50], "x2": [10.0, 60], "y2": [10.0, 60]})
     assert _covered(gt, np.array([[0, 0, 20, 20]])) == 0.5
     assert _covered(gt, np.zeros((0, 4))) == 0.0 and np.isnan(_covered(gt, None))
+
+
+# ----------------------------------------------------------------------------- micronucleus images
+
+def _mn_truth() -> pd.DataFrame:
+    return pd.DataFrame({"image": ["a"] * 4, "class": ["nucleus", "nucleus", "mn", "mn"],
+                         "x1": [0.0, 100, 40, 150], "y1": [0.0, 100, 10, 100], "x2": [30.0, 130, 45, 155],
+                         "y2": [30.0, 130, 15, 105]})
+
+
+def test_micronucleus_columns_and_recall_change_against_one_stage():
+    from workbench import large_images_mn
+
+    gt = _mn_truth()
+    hit = gt.assign(score=0.9)
+    pred = pd.concat([hit.assign(method=ONE_STAGE, setting="t"),
+                      hit.drop(index=3).assign(method=TWO_STAGE, setting="g"),  # one MN missed
+                      hit.iloc[:2].assign(method=WHOLE, setting="w")], ignore_index=True)  # nuclei only
+    per_image = pd.DataFrame({"method": [ONE_STAGE, TWO_STAGE, WHOLE], "setting": ["t", "g", "w"], "image": "a",
+                              "stage1_s": [np.nan, 0.1, np.nan], "stage2_s": [3.0, 0.4, 0.5], "total_s": [3.0, 0.5, 0.5],
+                              "area_share": [1.5, 0.3, 1.0], "canvases": [np.nan, 2, np.nan],
+                              "cells_in_regions": [np.nan, 0.5, np.nan]})
+    table = large_images_mn.score(per_image, pred, gt, count_thr=0.25).set_index("setting")
+    assert table.loc["t", "mn_recall"] == 1.0 and table.loc["g", "mn_recall"] == 0.5
+    assert table.loc["g", "mn_recall_delta"] == -50.0 and table.loc["w", "mn_recall"] == 0.0
+    assert table.loc["w", "n_pred_mn"] == 0 and (table["n_true_mn"] == 2).all() and (table["nucleus_recall"] == 1).all()
+    goal = large_images_mn.verdict(table.reset_index()).set_index("setting")
+    assert goal.loc["g", "speedup"] == 6.0 and goal.loc["g", "mn_recall_delta"] == -50.0
+    assert not goal.loc["g", "meets_goal"]  # 6x faster, but mAP50 fell by more than a point
+
+
+def test_a_row_that_finds_nothing_never_meets_the_goal():
+    table = pd.DataFrame({"method": [ONE_STAGE, TWO_STAGE], "setting": ["t", "g"], "speedup": [1.0, 9.0],
+                          "map50": [0.0, 0.0], "map50_delta": [0.0, 0.0], "recall": 0.0, "area_share": 1.0,
+                          "cells_in_regions": np.nan})
+    assert verdict(table)["meets_goal"].tolist() == [False]
+
+
+class _BrightBlobs:
+    """Boxes of the bright regions of each array: ``mn`` where the blob peaks above 200,
+    ``nucleus`` otherwise (ignores ``imgsz``: it sees arrays at their own size)."""
+
+    def __call__(self, arrays):
+        from scipy import ndimage
+
+        out = []
+        for a in arrays:
+            grey = a.mean(axis=2) if a.ndim == 3 else a.astype(float)
+            labels, n = ndimage.label(grey > 60)
+            rows = [(float(x.start), float(y.start), float(x.stop), float(y.stop),
+                     "mn" if grey[y, x].max() > 200 else "nucleus", 0.9)
+                    for y, x in ndimage.find_objects(labels)]
+            out.append(pd.DataFrame(rows, columns=["x1", "y1", "x2", "y2", "class", "score"]))
+        return out
+
+
+def test_every_micronucleus_row_reports_boxes_in_native_pixels():
+    """One-stage tiling of the upsampled image, both kinds of stage 1, and whole-image passes
+    all find the 4 px micronucleus beside its nucleus, where it is in the native image."""
+    from dataclasses import replace
+
+    from workbench import large_images_mn, mn_study
+
+    image = np.full((200, 240), 10, np.uint8)
+    image[80:120, 90:130] = 120  # a nucleus
+    image[100:104, 136:140] = 255  # its micronucleus, 6 px to the right, centre (138, 102)
+    mn = replace(mn_study.PROFILES["smoke"], scale=2, tile=160)
+    prof = replace(large_images_mn.PROFILES["smoke"], guided=(large_images_mn.GuidedSetting(margin=12, canvas=160),
+                                                              large_images_mn.GuidedSetting(stage1=1.0, margin=12)),
+                   whole_scales=(1.0,))
+    fake = _BrightBlobs()
+    methods = large_images_mn.make_methods(mn, prof, fake, fake, lambda base, imgsz: base)
+    assert [m for m, _, _ in methods] == [ONE_STAGE, TWO_STAGE, TWO_STAGE, WHOLE]
+    for method, setting, fn in methods:
+        table, info = fn(image)
+        found = table[table["class"] == "mn"]
+        assert len(found) == 1, (method, setting)
+        centre = (found["x1"] + found["x2"]).item() / 2, (found["y1"] + found["y2"]).item() / 2
+        np.testing.assert_allclose(centre, (138, 102), atol=1.0, err_msg=f"{method} {setting}")
+        assert (table["class"] == "nucleus").sum() == 1
+        if method == TWO_STAGE:
+            assert info["regions"] == 1 and 0 < info["area_share"] < 0.3
+            np.testing.assert_allclose(info["region_boxes"], [[78, 68, 142, 132]], atol=1)  # nucleus + 12 px, native
+
+
+def test_guided_settings_are_checked():
+    import pytest
+
+    from workbench.large_images_mn import GuidedSetting
+
+    assert GuidedSetting(stage1=0.75).label() == "stage 1 whole x0.75, margin 20, merge 0.5, canvas 640"
+    for bad in ({"stage1": 0}, {"margin": -1}, {"region_merge": 2}, {"canvas": 8}):
+        with pytest.raises(ValueError):
+            GuidedSetting(**bad)

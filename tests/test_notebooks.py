@@ -57,8 +57,16 @@ def test_large_images_notebook_smoke(tmp_path):
     executed = run_notebook("07_large_images", {"profile": "smoke", "work_dir": str(tmp_path / "work")},
                             out_dir=tmp_path / "out")
     assert not error_names(executed)
-    tables = list((tmp_path / "out").rglob("*.csv"))
-    assert tables, "notebook 07 wrote no time-vs-accuracy table"
+    out = tmp_path / "out"
+    for prefix, n_true in (("", None), ("micronuclei_", 420)):  # part 2: the 3 held-out MNFinder images
+        table = pd.read_csv(out / f"{prefix}large_images.csv")
+        assert table["method"].tolist()[0] == "one-stage tiled" and set(table["method"]) == {
+            "one-stage tiled", "two-stage", "whole image"}
+        assert (table["total_s"] > 0).all() and table["speedup"].iloc[0] == 1.0
+        assert (out / f"{prefix}time_vs_map50.png").exists() and (out / f"{prefix}time_vs_map50.pdf").exists()
+        if n_true:
+            assert (table["n_true"] == n_true).all() and (table["n_true_mn"] == 183).all()
+            assert table["mn_recall"].between(0, 1).all() and table["cells_in_regions"].iloc[1:2].between(0, 1).all()
 
 
 @pytest.mark.parametrize("dataset, group_by, n_test, positive", [("bccd", "density", 6, ["WBC", "Platelets"]),

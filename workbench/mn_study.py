@@ -285,7 +285,7 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
     ``imgsz = guided_canvas``) defaults to ``dets["upsampled"]``.
     """
     from .tiled_inference import TileSettings, tiled_predict_image
-    from .twostage import TwoStageSettings, fine_detect, propose_regions
+    from .twostage import TwoStageSettings
 
     tiles = TileSettings(tile=prof.tile, overlap=0.2, batch=prof.infer_batch)
     s = prof.scale
@@ -301,23 +301,45 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
                               canvas=prof.guided_canvas, batch=max(1, prof.infer_batch // 4))
 
     def guided(img):
-        t0 = time.perf_counter()
-        nuclei = tiled_predict_image(img, dets[NATIVE], settings=tiles)
-        nuclei = nuclei[nuclei["class"] == NUCLEUS]
-        up = upsample(img, s)
-        regions = propose_regions(scale_boxes(nuclei, s), image_size=up.shape[:2], settings=search)
-        t1 = time.perf_counter()
-        found, layout = fine_detect(up, regions, dets.get("search", dets.get(UPSAMPLED)), settings=search)
-        mn = scale_boxes(found[found["class"] == MN], 1 / s).assign(image=nuclei["image"].iloc[0] if len(nuclei) else "image")
-        t2 = time.perf_counter()
-        piece_px = float(((layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"])).sum()) if len(layout) else 0.0
-        return (pd.concat([nuclei, mn[nuclei.columns] if len(mn) else None], ignore_index=True),
-                {"stage1_s": t1 - t0, "stage2_s": t2 - t1, "regions": int(len(regions)),
-                 "searched_share": piece_px / float(up.shape[0] * up.shape[1])})
+        return guided_search(img, lambda im: tiled_predict_image(im, dets[NATIVE], settings=tiles),
+                             dets.get("search", dets.get(UPSAMPLED)), scale=s, settings=search)
 
     table = {NATIVE: lambda: tiled(dets[NATIVE]), P2: lambda: tiled(dets[P2]),
              UPSAMPLED: lambda: upsampled, GUIDED: lambda: guided}
     return {a: table[a]() for a in prof.approaches}
+
+
+def guided_search(image: np.ndarray, find_nuclei: Callable[[np.ndarray], pd.DataFrame], search: Any, *,
+                  scale: float, settings: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Nucleus-guided two-stage search on one 8-bit image: (boxes in native pixels, info).
+
+    Stage 1: ``find_nuclei(image)`` (any box table; its ``nucleus`` boxes are kept). Stage 2:
+    the neighbourhood of each nucleus (``settings.margin``, in pixels of the ``scale`` x image)
+    is cut from the ``scale`` x image, packed into canvases and searched by ``search``
+    (:func:`workbench.twostage.fine_detect` with ``settings``, a ``TwoStageSettings``). The
+    result holds stage 1's nuclei and stage 2's micronuclei. ``info``: ``stage1_s``,
+    ``stage2_s``, ``regions``, ``canvases``, ``searched_share`` (searched pixels / image
+    pixels) and ``region_boxes`` (the regions in native pixels).
+    """
+    from .twostage import fine_detect, propose_regions
+
+    t0 = time.perf_counter()
+    nuclei = find_nuclei(image)
+    nuclei = nuclei[nuclei["class"] == NUCLEUS]
+    up = upsample(image, scale)
+    regions = propose_regions(scale_boxes(nuclei, scale), image_size=up.shape[:2], settings=settings)
+    t1 = time.perf_counter()
+    found, layout = fine_detect(up, regions, search, settings=settings)
+    mn = scale_boxes(found[found["class"] == MN], 1 / scale)
+    t2 = time.perf_counter()
+    piece_px = float(((layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"])).sum()) if len(layout) else 0.0
+    columns = list(nuclei.columns)
+    mn = mn.assign(**{c: nuclei[c].iloc[0] if len(nuclei) else "image" for c in columns if c not in mn.columns})
+    table = pd.concat([nuclei, mn[columns]], ignore_index=True) if len(mn) else nuclei.reset_index(drop=True)
+    return table, {"stage1_s": t1 - t0, "stage2_s": t2 - t1, "regions": int(len(regions)),
+                   "canvases": int(layout["canvas"].max() + 1) if len(layout) else 0,
+                   "searched_share": piece_px / float(up.shape[0] * up.shape[1]),
+                   "region_boxes": np.asarray(regions, dtype=float) / scale}
 
 
 # ----------------------------------------------------------------------------- the study
@@ -370,7 +392,8 @@ def run_study(profile: str | MNProfile = "smoke", *, work_dir: Path | None = Non
                 t0 = time.perf_counter()
                 table, info = fn(img)
                 times.setdefault((a, name), []).append(time.perf_counter() - t0)
-                infos[(a, name)], preds[(a, name)] = info, table.assign(image=name, approach=a)
+                infos[(a, name)] = {k: v for k, v in info.items() if k != "region_boxes"}
+                preds[(a, name)] = table.assign(image=name, approach=a)
         log(f"[micronuclei] repeat {r + 1}/{max(1, prof.repeats)} done")
     pred = pd.concat(preds.values(), ignore_index=True)
     per_image = pd.DataFrame([{"approach": a, "image": i, "time_s": statistics.median(t), **infos[(a, i)]}
