@@ -131,6 +131,39 @@ def test_cascade_end_to_end_on_real_bccd(trained):
 
 
 @pytest.mark.slow
+def test_tiled_cascade_classifies_each_merged_box_once_from_the_whole_image(trained, tmp_path, monkeypatch):
+    """Large images: tiled detection (boxes identical to tiled detection alone), then one
+    classification per merged box, from that box's crop of the whole image."""
+    from workbench import cli, cli_cascade, cli_extensions
+    from workbench.crops import crop_table, dataset_images
+    from workbench.predict import read_predictions
+    from workbench.tiled_inference import TileSettings, predict_large, tile_windows
+
+    data, detector, classifier = trained
+    tiles = TileSettings(tile=160, overlap=0.25, batch=8)
+    out = cascade_predict(classifier, data, detector=detector, split="val", det_conf=0.001, device="cpu", tiles=tiles)
+    alone = predict_large(detector, data, settings=tiles, conf=0.001, device="cpu", split="val")
+    assert list(out.columns) == COLUMNS and len(out) == len(alone) > 0
+    key = ["image", "x1", "y1", "x2", "y2"]
+    np.testing.assert_allclose(out.sort_values(key)[key[1:]].to_numpy(), alone.sort_values(key)[key[1:]].to_numpy())
+    assert out.attrs["tiles"]["tile"] == 160
+    clf = load_classifier(classifier, device="cpu")
+    pixels = dataset_images(data, sorted(set(out["image"])))
+    np.testing.assert_allclose(clf.predict_proba(crop_table(out, pixels, clf.spec)).max(1), out["cls_prob"], atol=1e-5)
+    # some merged boxes straddle an inner tile edge: each is still one row, classified whole
+    inner_x = {int(x) for x in tile_windows(480, 640, tile=160, overlap=0.25)[:, 0] if x > 0}
+    assert any(((out["x1"] < x) & (out["x2"] > x)).any() for x in inner_x)
+
+    if cli_cascade.register not in cli_extensions.REGISTRY:
+        monkeypatch.setattr(cli_extensions, "REGISTRY", [*cli_extensions.REGISTRY, cli_cascade.register])
+    csv = tmp_path / "tiled.csv"
+    assert cli.main(["cascade", "predict", str(classifier), str(data), "--detector", str(detector), "--split", "val",
+                     "--det-conf", "0.001", "--device", "cpu", "--tile", "160", "--overlap", "0.25", "--batch", "8",
+                     "--out", str(csv)]) == 0
+    assert len(read_predictions(csv)) == len(out)
+
+
+@pytest.mark.slow
 def test_frozen_thresholds_and_tuning(trained):
     data, detector, classifier = trained
     with pytest.raises(ValueError, match="no detector given"):

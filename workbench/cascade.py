@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -143,9 +144,12 @@ def empty_table() -> pd.DataFrame:
 
 def _raw(classifier: Classifier, source: Any, *, detector: Any, split: str | None, det_conf: float,
          device: str | None, iou: float, imgsz: int | None, max_det: int | None, batch: int, cls_batch: int,
-         chunk: int, extra: Callable[[str], np.ndarray] | None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Detections at ``det_conf`` and the classifier's probabilities for each (rows aligned)."""
+         chunk: int, extra: Callable[[str], np.ndarray] | None, tiles: Any = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """Detections at ``det_conf`` and the classifier's probabilities for each (rows aligned).
+    With ``tiles`` (a ``TileSettings``) detection is tiled and merged across tiles first; the
+    classifier then sees each merged box's crop of the whole image."""
     from .predict import image_items, load_detector, predict
+    from .tiled_inference import YoloDetector, tiled_predict
 
     loaded = load_detector(detector, imgsz=imgsz, max_det=max_det)
     yolo, imgsz, max_det, norm = loaded.yolo, loaded.imgsz, loaded.max_det, loaded.normalisation
@@ -160,7 +164,11 @@ def _raw(classifier: Classifier, source: Any, *, detector: Any, split: str | Non
         part = items[start:start + chunk]
         pixels = {name: (read_rgb(item, norm) if not isinstance(item, np.ndarray) else as_rgb(to_uint8(item, norm)[0]))
                   for name, item in part}
-        det = predict(yolo, pixels, conf=det_conf, iou=iou, imgsz=imgsz, device=dev, max_det=max_det, batch=batch)
+        if tiles is None:
+            det = predict(yolo, pixels, conf=det_conf, iou=iou, imgsz=imgsz, device=dev, max_det=max_det, batch=batch)
+        else:
+            det = tiled_predict(YoloDetector(yolo, conf=det_conf, iou=iou, imgsz=tiles.tile, max_det=max_det,
+                                             device=dev), pixels, settings=tiles)
         crops = crop_table(det, pixels, classifier.spec, extra=extra)
         tables.append(det)
         probs.append(classifier.predict_proba(crops, batch=cls_batch))
@@ -189,19 +197,25 @@ def cascade_predict(classifier: str | Path | Classifier, source: Any, *, detecto
                     split: str | None = None, det_conf: float | None = None, cls_thr: float | None = None,
                     device: str | None = None, iou: float = 0.7, imgsz: int | None = None,
                     max_det: int | None = None, batch: int = 8, cls_batch: int = 256, chunk: int = 32,
-                    extra: Callable[[str], np.ndarray] | None = None) -> pd.DataFrame:
+                    extra: Callable[[str], np.ndarray] | None = None, tiles: Any = None) -> pd.DataFrame:
     """Run the cascade over ``source`` (as :func:`workbench.predict.predict` accepts it).
 
     ``classifier``: a classifier run folder (its ``cascade.json`` supplies the detector and
     thresholds not given here) or a loaded :class:`~workbench.classifier.Classifier`.
-    ``detector``: detector run folder, .pt, or loaded YOLO. Returns the cascade table
-    (``attrs``: det_conf, cls_thr, detector).
+    ``detector``: detector run folder, .pt, or loaded YOLO. ``tiles``: a
+    :class:`~workbench.tiled_inference.TileSettings` for large images: the detector runs on
+    batched tiles at ``imgsz = tiles.tile`` and its boxes are merged across tiles before the
+    classifier sees each box's crop of the whole image (so a cell cut by a tile edge is
+    classified once, from its whole crop). Returns the cascade table (``attrs``: det_conf,
+    cls_thr, detector, tiles).
     """
     clf, det_model, det_conf, cls_thr, _ = _resolve(classifier, detector, det_conf, cls_thr, device)
     det, probs = _raw(clf, source, detector=det_model, split=split, det_conf=det_conf, device=device, iou=iou,
-                      imgsz=imgsz, max_det=max_det, batch=batch, cls_batch=cls_batch, chunk=chunk, extra=extra)
+                      imgsz=imgsz, max_det=max_det, batch=batch, cls_batch=cls_batch, chunk=chunk, extra=extra,
+                      tiles=tiles)
     out = fuse(det, probs, clf.classes, cls_thr=cls_thr) if len(det) else empty_table()
-    out.attrs.update(det_conf=det_conf, cls_thr=cls_thr, detector=str(det_model) if isinstance(det_model, (str, Path)) else "loaded model")
+    out.attrs.update(det_conf=det_conf, cls_thr=cls_thr, detector=str(det_model) if isinstance(det_model, (str, Path)) else "loaded model",
+                     tiles=None if tiles is None else asdict(tiles))
     return out
 
 

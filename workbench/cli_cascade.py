@@ -81,9 +81,15 @@ def _predict(a: argparse.Namespace) -> int:
     from .cascade import cascade_predict
     from .predict import write_predictions
 
+    tiles = None
+    if a.tile is not None:
+        from .tiled_inference import TileSettings
+
+        tiles = TileSettings(tile=a.tile, overlap=a.overlap, batch=a.batch, merge=a.merge,
+                             merge_metric=a.merge_metric, merge_thr=a.merge_thr)
     table = cascade_predict(a.classifier, str(a.source), detector=a.detector, split=a.split, det_conf=a.det_conf,
                             cls_thr=a.cls_thr, device=a.device, iou=a.iou, imgsz=a.imgsz, batch=a.batch,
-                            cls_batch=a.cls_batch)
+                            cls_batch=a.cls_batch, tiles=tiles)
     write_predictions(table, a.out)
     if a.detector_out is not None:
         from .cascade import detector_only
@@ -192,10 +198,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cls-thr", type=float, help="classifier probability below which the detector's class is kept")
     p.add_argument("--iou", type=float, default=0.7, help="NMS IoU")
     p.add_argument("--imgsz", type=int)
-    p.add_argument("--batch", type=int, default=8, help="images per detector batch")
+    p.add_argument("--batch", type=int, default=8, help="images (with --tile: tiles) per detector call")
     p.add_argument("--cls-batch", type=int, default=256, help="crops per classifier batch")
     p.add_argument("--device")
     p.add_argument("--detector-out", type=Path, help="also write the detector-only table (same boxes)")
+    t = p.add_argument_group("large images (tiled detection, merged before classification)")
+    t.add_argument("--tile", type=int, help="detect on tiles of this side (the detector's training patch size)")
+    t.add_argument("--overlap", type=float, default=0.2, help="tile overlap (>= largest cell / tile)")
+    t.add_argument("--merge", choices=["nms", "nmm"], default="nms", help="cross-tile merge")
+    t.add_argument("--merge-metric", choices=["ios", "iou"], default="ios")
+    t.add_argument("--merge-thr", type=float, default=0.5)
     p.set_defaults(func=_predict)
 
     e = cs.add_parser("errors", help="which stage errs: missed / misclassified / spurious cells")
