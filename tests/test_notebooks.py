@@ -18,6 +18,9 @@ def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
         assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
         assert "profile" in tagged[0].source, f"{path.name}: needs a 'profile' parameter (smoke/full)"
         assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name}: strip outputs"
+        raw = json.loads(path.read_text(encoding="utf-8"))  # nbformat.read adds missing ids silently
+        missing = [k for k, c in enumerate(raw["cells"]) if "id" not in c]
+        assert not missing, f"{path.name}: cells {missing} lack an id (nbformat 4.5 makes it an error)"
 
 
 @pytest.mark.parametrize("dataset, classes", [("bccd", {"Platelets": 292, "RBC": 3350, "WBC": 301}),
