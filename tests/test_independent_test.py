@@ -51,3 +51,14 @@ def test_profiles():
     assert it.profile_of("modest", det_epochs=3).det_epochs == 3
     with pytest.raises(ValueError, match="unknown profile"):
         it.profile_of("huge")
+
+
+def test_every_study_names_its_profiles_the_same_way():
+    from workbench import large_images, large_images_mn, mn_study
+    from workbench.profiles import pick
+
+    for profiles in (it.PROFILES, large_images.PROFILES, large_images_mn.PROFILES, mn_study.PROFILES):
+        assert {"smoke", "modest", "full"} <= set(profiles)
+        assert pick("smoke", profiles) is profiles["smoke"] and pick(profiles["full"], profiles) is profiles["full"]
+    with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['full', 'modest', 'smoke'\]"):
+        pick("fast", mn_study.PROFILES)

@@ -74,9 +74,9 @@ TASKS: dict[str, dict[str, Any]] = {
 
 def profile_of(profile: str | TestProfile, **changes: Any) -> TestProfile:
     """A named profile (optionally changed field by field)."""
-    prof = profile if isinstance(profile, TestProfile) else PROFILES.get(profile)
-    if prof is None:
-        raise ValueError(f"unknown profile {profile!r}; profiles: {sorted(PROFILES)}")
+    from .profiles import pick
+
+    prof = pick(profile, PROFILES)
     return replace(prof, **changes) if changes else prof
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
+from .profiles import pick
 from .twostage import TwoStageSettings
 
 VENDORED_TILES = ("TCGA-B0-5698-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1")
@@ -82,14 +83,6 @@ PROFILES = {
     # a GPU: longer training
     "full": LargeProfile("full", epochs=200, repeats=5, two_stage=_two_stage_grid()),
 }
-
-
-def _profile(profile: str | LargeProfile) -> LargeProfile:
-    if isinstance(profile, LargeProfile):
-        return profile
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    return PROFILES[profile]
 
 
 # ----------------------------------------------------------------------------- data and detector
@@ -138,7 +131,7 @@ def train_detector(profile: str | LargeProfile = "smoke", *, work_dir: Path | No
     from .runs import load_run
     from .yolo import train
 
-    prof = _profile(profile)
+    prof = pick(profile, PROFILES)
     work = Path(work_dir) if work_dir else default_work_dir(prof)
     patches = prepare_patches(prof, work)
     name = f"nuclei_{Path(prof.model).stem}_p{prof.patch}_e{prof.epochs}_s{prof.seed}"
@@ -196,7 +189,7 @@ def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = 
     from .tiled_inference import TileSettings, YoloDetector, tiled_predict_image
     from .twostage import two_stage_predict_image
 
-    prof = _profile(profile)
+    prof = pick(profile, PROFILES)
     dev = pick_device(device)
     work = Path(work_dir) if work_dir else default_work_dir(prof)
     run_dir = train_detector(prof, work_dir=work, device=dev, log=log)

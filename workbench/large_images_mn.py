@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from . import mn_study
+from .profiles import pick
 from .large_images import ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, _covered, score_methods, time_methods
 
 MN_COLUMNS = ["mn_recall", "mn_precision", "mn_recall_delta", "n_pred_mn", "n_true_mn", "nucleus_recall"]
@@ -86,15 +87,6 @@ PROFILES = {
     "modest": MNLargeProfile("modest", "modest", repeats=3, guided=_grid(), whole_scales=(1.0, 3.0)),
     "full": MNLargeProfile("full", "full", repeats=5, guided=_grid(), whole_scales=(1.0, 3.0)),
 }
-
-
-def get_profile(profile: str | MNLargeProfile) -> MNLargeProfile:
-    """A profile by name (or the profile itself)."""
-    if isinstance(profile, MNLargeProfile):
-        return profile
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    return PROFILES[profile]
 
 
 def make_methods(mn: mn_study.MNProfile, prof: MNLargeProfile, native: Any, upsampled: Any,
@@ -156,9 +148,9 @@ def run_study(profile: str | MNLargeProfile = "smoke", *, work_dir: Path | None 
     from .runs import read_run_record
     from .tiled_inference import YoloDetector
 
-    prof = get_profile(profile)
+    prof = pick(profile, PROFILES)
     # only the two detectors the rows use (the study's p2 detector is not needed here)
-    mn = replace(mn_study.get_profile(prof.detectors), approaches=(mn_study.GUIDED,))
+    mn = replace(pick(prof.detectors, mn_study.PROFILES), approaches=(mn_study.GUIDED,))
     dev = pick_device(device)
     runs = mn_study.train_detectors(mn, work_dir=work_dir, device=dev, log=log)
     native = YoloDetector(runs[mn_study.NATIVE], conf=mn.conf, imgsz=mn.tile, max_det=1000, device=dev)
@@ -228,5 +220,5 @@ def verdict(table: pd.DataFrame, *, speedup: float = 3.0, max_loss_points: float
     return out
 
 
-__all__ = ["GuidedSetting", "MNLargeProfile", "MN_COLUMNS", "PROFILES", "get_profile", "make_methods", "run_study",
+__all__ = ["GuidedSetting", "MNLargeProfile", "MN_COLUMNS", "PROFILES", "make_methods", "run_study",
            "score", "verdict"]

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from . import datasets
+from .profiles import pick
 
 MN, NUCLEUS = "mn", "nucleus"
 NATIVE, UPSAMPLED, P2, GUIDED = "native", "upsampled", "p2", "guided"
@@ -74,15 +75,6 @@ PROFILES = {
     # GPU: more tiles and epochs
     "full": MNProfile("full", epochs=150, extra_epochs_upsampled=0, max_tiles=5000, batch=32, repeats=5),
 }
-
-
-def get_profile(profile: str | MNProfile) -> MNProfile:
-    """A profile by name (or the profile itself)."""
-    if isinstance(profile, MNProfile):
-        return profile
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
-    return PROFILES[profile]
 
 
 def default_work_dir(prof: MNProfile) -> Path:
@@ -205,7 +197,7 @@ def train_detectors(profile: str | MNProfile = "smoke", *, work_dir: Path | None
     from .runs import load_run
     from .yolo import train
 
-    prof = get_profile(profile)
+    prof = pick(profile, PROFILES)
     work = Path(work_dir) if work_dir else default_work_dir(prof)
     runs = {}
     for name, (model, scale) in detector_specs(prof).items():
@@ -367,7 +359,7 @@ def run_study(profile: str | MNProfile = "smoke", *, work_dir: Path | None = Non
     from .device import describe_device, pick_device
     from .tiled_inference import YoloDetector
 
-    prof = get_profile(profile)
+    prof = pick(profile, PROFILES)
     dev = pick_device(device)
     work = Path(work_dir) if work_dir else default_work_dir(prof)
     runs = train_detectors(prof, work_dir=work, device=dev, log=log)

@@ -48,10 +48,11 @@ def run_study(target: str | Path = "bccd", *, profile: str | SizeProfile = "smok
     from .device import describe_device, pick_device
     from .evaluation import evaluate_tables, load_ground_truth
     from .predict import predict
+    from .profiles import pick
     from .runs import finished_with, load_run
     from .yolo import model_stats, train
 
-    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    prof = pick(profile, PROFILES)
     out_dir = Path(out_dir)
     base = datasets.prepare(target, fmt=fmt)
     keep = {k: v for k, v in (("train", prof.target_train), ("val", prof.target_val)) if v != 1.0}

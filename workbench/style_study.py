@@ -324,7 +324,9 @@ def run_study(target: str | Path = "bccd", *, profile: str | StyleProfile = "smo
     ``seeds`` replaces the profile's seeds for both experiments (each seed draws its own
     subsets, base and batches).
     """
-    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    from .profiles import pick
+
+    prof = pick(profile, PROFILES)
     if seeds is not None:
         prof = replace(prof, seeds=tuple(int(s) for s in seeds), incremental_seeds=None)
     spec = spec_for(target)

@@ -132,10 +132,11 @@ def run_study(target: str | Path = "bccd", *, profile: str | TransferProfile = "
               fmt: str | None = None, device: str | None = None, workers: int | None = None,
               log: Callable[[str], None] = print) -> TransferResult:
     """Train every arm (reusing finished runs in ``out_dir/runs``) and collect the tables."""
+    from .profiles import pick
     from .runs import finished_with, load_run
     from .yolo import train
 
-    prof = PROFILES[profile] if isinstance(profile, str) else profile
+    prof = pick(profile, PROFILES)
     out_dir = Path(out_dir)
     cache, runs_root = out_dir / "data", out_dir / "runs"
     cache.mkdir(parents=True, exist_ok=True)
