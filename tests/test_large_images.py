@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workbench.large_images import ONE_STAGE, TWO_STAGE, WHOLE, _covered, score_methods, verdict
+from workbench.large_images import ONE_STAGE, TWO_STAGE, WHOLE, cells_covered, score_methods, verdict
 
 
 def test_scores_speedups_and_the_goal_verdict():
@@ -32,8 +32,8 @@ def test_scores_speedups_and_the_goal_verdict():
 
 def test_cells_inside_regions():
     gt = pd.DataFrame({"x1": [0.0, 50], "y1": [0.0, 50], "x2": [10.0, 60], "y2": [10.0, 60]})
-    assert _covered(gt, np.array([[0, 0, 20, 20]])) == 0.5
-    assert _covered(gt, np.zeros((0, 4))) == 0.0 and np.isnan(_covered(gt, None))
+    assert cells_covered(gt, np.array([[0, 0, 20, 20]])) == 0.5
+    assert cells_covered(gt, np.zeros((0, 4))) == 0.0 and np.isnan(cells_covered(gt, None))
 
 
 # ----------------------------------------------------------------------------- micronucleus images

@@ -142,3 +142,8 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def device_name(info: dict[str, Any]) -> str:
+    """A short name for a :func:`describe_device` record, for captions and tables."""
+    return str(info.get("name") or f"CPU ({info.get('cpu') or 'unknown'}, {info.get('cpu_count')} cores)")

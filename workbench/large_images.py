@@ -185,7 +185,7 @@ def load_test_images(prof: LargeProfile, normalisation=None) -> tuple[dict[str, 
 def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = None, device: str | None = None,
               log: Callable[[str], None] = print) -> LargeResult:
     """Train (or reuse) the detector, then time and score every method on the test images."""
-    from .device import describe_device, pick_device
+    from .device import describe_device, device_name, pick_device
     from .tiled_inference import TileSettings, YoloDetector, tiled_predict_image
     from .twostage import two_stage_predict_image
 
@@ -216,7 +216,7 @@ def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = 
         methods.append((WHOLE, f"imgsz {size}", lambda img, whole=whole: (whole([img])[0], {})))
 
     per_image, pred = time_methods(methods, images, repeats=prof.repeats, log=log)
-    per_image["cells_in_regions"] = [_covered(gt[gt["image"] == i], r)
+    per_image["cells_in_regions"] = [cells_covered(gt[gt["image"] == i], r)
                                      for i, r in zip(per_image["image"], per_image.pop("region_boxes"))]
     table = score_methods(per_image, pred, gt, count_thr=prof.count_thr)
     from .runs import read_run_record
@@ -228,7 +228,7 @@ def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = 
             "dataset_fingerprint": (read_run_record(run_dir).get("dataset", {}).get("fingerprint") or {}).get("sha256", "")[:12]}
     info["caption"] = (f"Time vs mAP50 on {len(test)} held-out MoNuSeg tiles ({len(gt)} nuclei), detector "
                        f"{run_dir.name} trained on {len(train)} other tiles; profile {prof.name}, median of "
-                       f"{prof.repeats} runs on {_device_name(info['device'])}. {note}").strip()
+                       f"{prof.repeats} runs on {device_name(info['device'])}. {note}").strip()
     return LargeResult(prof, table, per_image, info)
 
 
@@ -279,10 +279,6 @@ def time_methods(methods: list[Method], images: dict[str, np.ndarray], *, repeat
     return pd.DataFrame(rows), pd.concat(preds, ignore_index=True)
 
 
-def _device_name(device: dict[str, Any]) -> str:
-    return device.get("name") or device.get("cpu") or "this machine"
-
-
 def tiled_share(shape: tuple[int, int], tiles: Any) -> float:
     """Pixels read by tiling an image of ``shape`` (height, width) with ``tiles`` (a
     ``TileSettings``) / image pixels: above 1 where tiles overlap."""
@@ -292,7 +288,7 @@ def tiled_share(shape: tuple[int, int], tiles: Any) -> float:
     return float(((win[:, 2] - win[:, 0]) * (win[:, 3] - win[:, 1])).sum()) / float(shape[0] * shape[1])
 
 
-def _covered(gt: pd.DataFrame, regions: np.ndarray | None) -> float:
+def cells_covered(gt: pd.DataFrame, regions: np.ndarray | None) -> float:
     """Share of true cells lying wholly inside some stage-2 region (NaN for one-pass methods):
     an upper bound on the two-stage recall."""
     if regions is None:

@@ -34,7 +34,7 @@ import pandas as pd
 
 from . import mn_study
 from .profiles import pick
-from .large_images import ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, _covered, score_methods, time_methods
+from .large_images import ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, cells_covered, score_methods, time_methods
 
 MN_COLUMNS = ["mn_recall", "mn_precision", "mn_recall_delta", "n_pred_mn", "n_true_mn", "nucleus_recall"]
 
@@ -143,8 +143,7 @@ def _whole(detector: Callable[..., Any], base: Any, factor: float) -> Callable[[
 def run_study(profile: str | MNLargeProfile = "smoke", *, work_dir: Path | None = None, device: str | None = None,
               log: Callable[[str], None] = print) -> LargeResult:
     """Train (or reuse) the micronucleus study's detectors, then time and score every row."""
-    from .device import describe_device, pick_device
-    from .large_images import _device_name
+    from .device import describe_device, device_name, pick_device
     from .runs import read_run_record
     from .tiled_inference import YoloDetector
 
@@ -164,7 +163,7 @@ def run_study(profile: str | MNLargeProfile = "smoke", *, work_dir: Path | None 
     true_mn = gt[gt["class"] == mn_study.MN]
     per_image, pred = time_methods(make_methods(mn, prof, native, upsampled, detector), images,
                                    repeats=prof.repeats, log=log)
-    per_image["cells_in_regions"] = [_covered(true_mn[true_mn["image"] == i], r)
+    per_image["cells_in_regions"] = [cells_covered(true_mn[true_mn["image"] == i], r)
                                      for i, r in zip(per_image["image"], per_image.pop("region_boxes"))]
     table = score(per_image, pred, gt, count_thr=mn.count_thr)
     _, train, test, note = mn_study.split_images(mn)
@@ -179,7 +178,7 @@ def run_study(profile: str | MNLargeProfile = "smoke", *, work_dir: Path | None 
     info["caption"] = (f"Time vs mAP50 (nuclei and micronuclei) on {len(test)} held-out MNFinder images "
                        f"({info['n_true_mn']} micronuclei, {len(gt) - info['n_true_mn']} nuclei); detectors "
                        f"{info['run_id']} trained on {len(train)} other images; MN at x{mn.scale}; profile "
-                       f"{prof.name}, median of {prof.repeats} runs on {_device_name(info['device'])}. {note}").strip()
+                       f"{prof.name}, median of {prof.repeats} runs on {device_name(info['device'])}. {note}").strip()
     return LargeResult(prof, table, per_image, info)
 
 

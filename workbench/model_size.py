@@ -45,7 +45,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | SizeProfile = "smok
               fmt: str | None = None, device: str | None = None,
               log: Callable[[str], None] = print) -> pd.DataFrame:
     """Train each model of the profile (reusing finished runs) and return one row per model."""
-    from .device import describe_device, pick_device
+    from .device import describe_device, device_name, pick_device
     from .evaluation import evaluate_tables, load_ground_truth
     from .predict import predict
     from .profiles import pick
@@ -83,7 +83,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | SizeProfile = "smok
         rows.append({"model": Path(model).stem, "params": stats["parameters"], "gflops": stats["gflops"],
                      "mAP50": doc["map50"], "mAP50_95": doc["map50_95"], "latency_ms": lat,
                      "train_s": rec.get("duration_s"), "epochs": prof.epochs, "imgsz": prof.imgsz,
-                     "device": _device_name(describe_device(dev)), "run_id": name})
+                     "device": device_name(describe_device(dev)), "run_id": name})
         log(f"[model-size] {name}: {stats['parameters']:,} params, mAP50 {doc['map50']}, {lat:.1f} ms/image")
     table = pd.DataFrame(rows)
     table.attrs["profile"] = asdict(prof)
@@ -122,6 +122,3 @@ def write_outputs(table: pd.DataFrame, out: Path) -> list[Path]:
     return [out / "model_size.csv"] + save_figure(size_vs_accuracy(table), out / "model_size", caption=caption,
                                                   provenance={"runs": table["run_id"].tolist(), **prof})
 
-
-def _device_name(info: dict[str, Any]) -> str:
-    return str(info.get("name") or f"CPU ({info.get('cpu') or 'unknown'}, {info.get('cpu_count')} cores)")

@@ -15,8 +15,8 @@ list of box tables`` (one per array, columns ``x1 y1 x2 y2 class score`` in that
 pixels). :class:`YoloDetector` adapts an ultralytics run or weights file; a cascade or a
 test fake plugs in the same way. A detector may also offer ``detect_items(arrays)``: one
 table for the whole call with an ``item`` column (the array's index). The tiler then builds,
-checks and concatenates one table per batch instead of one per tile, which on 25 tiles of a
-1000x1000 image was ~10% of the time.
+checks and concatenates one table per batch instead of one per tile (on the 25 tiles of a
+1000x1000 image that took 0.29 -> 0.28 s; the network itself is ~0.25 s of it).
 
 Empty tiles: with ``empty_std`` set, a tile whose grey-level standard deviation (8-bit
 units) is below it is not sent to the detector. Off by default. A single 5x5 cell of
@@ -130,8 +130,7 @@ def detect_batches(detector: Detector, arrays: Sequence[np.ndarray], *, batch: i
         parts += [check_box_table(t, f"batch item {start + k}").assign(item=start + k)
                   for k, t in enumerate(tables) if len(t)]
     if not parts:
-        return pd.DataFrame({**{c: pd.Series(dtype=float) for c in BOX_COLUMNS},
-                             "class": pd.Series(dtype=str), "item": pd.Series(dtype=np.int64)})
+        return empty_boxes().assign(item=pd.Series(dtype=np.int64))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -353,7 +352,6 @@ def predict_large(model: Any, source: Any, *, settings: TileSettings = TileSetti
 
 
 __all__ = ["BOX_COLUMNS", "Detector", "TileSettings", "YoloDetector", "check_box_table", "check_image", "detect_batches",
-           "empty_boxes", "is_empty",
-           "predict_large", "read_images", "sort_table", "tile_windows",
-           "tiled_predict", "tiled_predict_image", "to_bgr", "touches_inner_edge"]
+           "empty_boxes", "is_empty", "predict_large", "read_images", "sort_table", "tile_windows", "tiled_predict",
+           "tiled_predict_image", "to_bgr", "touches_inner_edge"]
 
