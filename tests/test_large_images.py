@@ -114,7 +114,8 @@ def test_every_micronucleus_row_reports_boxes_in_native_pixels():
         centre = (found["x1"] + found["x2"]).item() / 2, (found["y1"] + found["y2"]).item() / 2
         np.testing.assert_allclose(centre, (138, 102), atol=1.0, err_msg=f"{method} {setting}")
         assert (table["class"] == "nucleus").sum() == 1
-        if method == TWO_STAGE:
+        if method == TWO_STAGE:  # the same columns whichever stage 1 found the nuclei
+            assert list(table.columns) == ["x1", "y1", "x2", "y2", "class", "score"]
             assert info["regions"] == 1 and 0 < info["area_share"] < 0.3
             np.testing.assert_allclose(info["region_boxes"], [[78, 68, 142, 132]], atol=1)  # nucleus + 12 px, native
 
@@ -128,3 +129,10 @@ def test_guided_settings_are_checked():
     for bad in ({"stage1": 0}, {"margin": -1}, {"region_merge": 2}, {"canvas": 8}):
         with pytest.raises(ValueError):
             GuidedSetting(**bad)
+
+
+def test_imgsz_for_rounds_up_to_the_stride():
+    from workbench.large_images import imgsz_for
+
+    assert imgsz_for(869, 3) == 2624 and imgsz_for(1000, 0.25) == 256 and imgsz_for(1000, 0.5) == 512
+    assert imgsz_for(10, 1.0) == 32  # never below one stride

@@ -205,7 +205,7 @@ def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = 
     side = max(max(img.shape[:2]) for img in images.values())
     for s in prof.two_stage:
         # stage 1 sees the whole small image in one pass (one tile, native pixels of the small image)
-        coarse_tile = max(32, int(np.ceil(side * s.coarse_scale / 32)) * 32)
+        coarse_tile = imgsz_for(side, s.coarse_scale)
         s = replace(s, canvas=prof.patch, coarse_tile=coarse_tile, batch=prof.batch, tile_overlap=prof.overlap)
         coarse = YoloDetector(det.model, conf=prof.conf, imgsz=coarse_tile, max_det=3000, device=dev)
         methods.append((TWO_STAGE, s.label(),
@@ -277,6 +277,12 @@ def time_methods(methods: list[Method], images: dict[str, np.ndarray], *, repeat
                          "regions": info.get("regions", np.nan), "region_boxes": info.get("region_boxes")})
         log(f"[large-images] {method} ({setting}): {statistics.median(r['total_s'] for r in rows[-len(images):]):.2f} s/image")
     return pd.DataFrame(rows), pd.concat(preds, ignore_index=True)
+
+
+def imgsz_for(side: int, factor: float) -> int:
+    """The ultralytics ``imgsz`` that shows an image of longer side ``side`` at ``factor`` x
+    (rounded up to the network stride, 32)."""
+    return max(32, int(np.ceil(side * factor / 32)) * 32)
 
 
 def tiled_share(shape: tuple[int, int], tiles: Any) -> float:

@@ -34,7 +34,8 @@ import pandas as pd
 
 from . import mn_study
 from .profiles import pick
-from .large_images import ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, cells_covered, score_methods, time_methods
+from .large_images import (ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, cells_covered, imgsz_for,
+                           score_methods, time_methods)
 
 MN_COLUMNS = ["mn_recall", "mn_precision", "mn_recall_delta", "n_pred_mn", "n_true_mn", "nucleus_recall"]
 
@@ -132,7 +133,7 @@ def _whole(detector: Callable[..., Any], base: Any, factor: float) -> Callable[[
     cache: dict[int, Any] = {}
 
     def run(img: np.ndarray) -> pd.DataFrame:
-        size = max(32, int(np.ceil(max(img.shape[:2]) * factor / 32)) * 32)
+        size = imgsz_for(max(img.shape[:2]), factor)
         if size not in cache:
             cache[size] = detector(base, size)
         return cache[size]([img])[0]

@@ -303,7 +303,8 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
 
 def guided_search(image: np.ndarray, find_nuclei: Callable[[np.ndarray], pd.DataFrame], search: Any, *,
                   scale: float, settings: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Nucleus-guided two-stage search on one 8-bit image: (boxes in native pixels, info).
+    """Nucleus-guided two-stage search on one 8-bit image: (boxes ``x1 y1 x2 y2 class score``
+    in native pixels, info).
 
     Stage 1: ``find_nuclei(image)`` (any box table; its ``nucleus`` boxes are kept). Stage 2:
     the neighbourhood of each nucleus (``settings.margin``, in pixels of the ``scale`` x image)
@@ -313,6 +314,7 @@ def guided_search(image: np.ndarray, find_nuclei: Callable[[np.ndarray], pd.Data
     ``stage2_s``, ``regions``, ``canvases``, ``searched_share`` (searched pixels / image
     pixels) and ``region_boxes`` (the regions in native pixels).
     """
+    from .tiled_inference import BOX_COLUMNS
     from .twostage import fine_detect, propose_regions
 
     t0 = time.perf_counter()
@@ -325,9 +327,7 @@ def guided_search(image: np.ndarray, find_nuclei: Callable[[np.ndarray], pd.Data
     mn = scale_boxes(found[found["class"] == MN], 1 / scale)
     t2 = time.perf_counter()
     piece_px = float(((layout["x1"] - layout["x0"]) * (layout["y1"] - layout["y0"])).sum()) if len(layout) else 0.0
-    columns = list(nuclei.columns)
-    mn = mn.assign(**{c: nuclei[c].iloc[0] if len(nuclei) else "image" for c in columns if c not in mn.columns})
-    table = pd.concat([nuclei, mn[columns]], ignore_index=True) if len(mn) else nuclei.reset_index(drop=True)
+    table = pd.concat([nuclei[BOX_COLUMNS], mn[BOX_COLUMNS]], ignore_index=True)
     return table, {"stage1_s": t1 - t0, "stage2_s": t2 - t1, "regions": int(len(regions)),
                    "canvases": int(layout["canvas"].max() + 1) if len(layout) else 0,
                    "searched_share": piece_px / float(up.shape[0] * up.shape[1]),
