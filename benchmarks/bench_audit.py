@@ -35,16 +35,16 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench.audit import audit_dataset, check_images, read_labels, write_audit  # noqa: E402
-from workbench.canonical import read_classes, read_meta, save_meta  # noqa: E402
-from workbench.paths import outputs_dir  # noqa: E402
-from workbench.problems import ProblemLog  # noqa: E402
+from workbench.data.audit import audit_dataset, check_images, read_labels, write_audit
+from workbench.data.canonical import read_classes, read_meta, save_meta
+from workbench.core.paths import outputs_dir
+from workbench.core.problems import ProblemLog
 
 
 def source_dataset(given: str | None) -> Path:
     if given:
         return Path(given)
-    from workbench.datasets import prepare
+    from workbench.data.datasets import prepare
 
     return prepare("bccd")  # converted once into data/generated/bccd, then reused
 

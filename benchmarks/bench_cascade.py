@@ -1,8 +1,8 @@
 """Benchmark the cascade against its named baseline, the detector alone.
 
 Same image files, same device, same detector and confidence, models loaded once beforehand
-(loading is not timed). Baseline: ``workbench.predict.predict`` (ultralytics decodes the
-files). Cascade: ``workbench.cascade.cascade_predict`` (decodes each image once, runs the
+(loading is not timed). Baseline: ``workbench.inference.predict.predict`` (ultralytics decodes the
+files). Cascade: ``workbench.inference.cascade.cascade_predict`` (decodes each image once, runs the
 detector on the arrays, crops every box and classifies all crops of a chunk in batches).
 The ratio column is cascade time / detector-only time; the goal is <= 1.25.
 
@@ -23,11 +23,11 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from workbench.cascade import cascade_predict  # noqa: E402
-from workbench.classifier import load_classifier  # noqa: E402
-from workbench.crops import crop_table, dataset_images  # noqa: E402
-from workbench.device import describe_device, pick_device  # noqa: E402
-from workbench.predict import image_items, load_detector, predict  # noqa: E402
+from workbench.inference.cascade import cascade_predict
+from workbench.models.classifier import load_classifier
+from workbench.models.crops import crop_table, dataset_images
+from workbench.core.device import describe_device, pick_device
+from workbench.inference.predict import image_items, load_detector, predict
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
         import torch
 
-        from workbench.classifier import build_model
+        from workbench.models.classifier import build_model
 
         model = build_model(a.arch, len(clf.classes), in_chans=clf.in_chans)
         model.to(dev, memory_format=torch.channels_last).eval()

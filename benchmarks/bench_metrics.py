@@ -1,4 +1,4 @@
-"""Benchmark workbench.metrics.evaluate against pycocotools and faster-coco-eval.
+"""Benchmark workbench.evaluation.metrics.evaluate against pycocotools and faster-coco-eval.
 
 Same inputs for all three: dense MoNuSeg-like tiles (~500 nuclei each, built
 from the real MoNuSeg annotations, topped up with flipped boxes of another
@@ -31,7 +31,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench import metrics as M  # noqa: E402
+from workbench.evaluation import metrics as M
 
 MONUSEG_DIRS = (
     ROOT / "data/raw/monuseg/MoNuSegTrainingData/Annotations",
@@ -193,7 +193,7 @@ def bench(name: str, gt: pd.DataFrame, pred: pd.DataFrame, repeat: int, skip_pyc
         runs.append((f"faster-coco-eval {faster_coco_eval.__version__}", run_faster, coco_inputs))
     except ImportError:
         print("faster-coco-eval not installed: skipped", file=sys.stderr)
-    runs.append(("workbench.metrics.evaluate", ours, table_inputs))
+    runs.append(("workbench.evaluation.metrics.evaluate", ours, table_inputs))
     runs.append(("  + match table (IoU 0.5)", ours_match, table_inputs))
 
     rows = []

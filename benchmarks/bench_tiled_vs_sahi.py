@@ -9,13 +9,13 @@ Rows:
 * ``SAHI (batched, no full pass)`` – SAHI at its fastest comparable setting:
   ``batch_size=--batch``, ``perform_standard_pred=False`` (same merge);
 * ``workbench (batch 1)`` – the workbench tiler, one tile per call (isolates batching);
-* ``workbench (batched)`` – :func:`workbench.tiled_inference.tiled_predict_image`,
+* ``workbench (batched)`` – :func:`workbench.inference.tiled_inference.tiled_predict_image`,
   ``--batch`` tiles per call, cross-tile NMM / IOS 0.5.
 
 Printed per row: seconds per image (median of ``--repeats`` runs after a warm-up, arms
 taking turns, averaged over the images), the time
 ratio to SAHI's defaults, recall and precision at IoU 0.5 over all boxes kept (score >=
-``--conf``), mAP50 (workbench.metrics), boxes vs true nuclei. Every network attempt is
+``--conf``), mAP50 (workbench.evaluation.metrics), boxes vs true nuclei. Every network attempt is
 refused and counted (SAHI and ultralytics must work offline).
 
     python benchmarks/bench_tiled_vs_sahi.py                      # modest profile's detector
@@ -37,10 +37,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workbench import large_images, metrics  # noqa: E402
-from workbench.paths import outputs_dir  # noqa: E402
-from workbench.runs import run_weights  # noqa: E402
-from workbench.tiled_inference import TileSettings, YoloDetector, tiled_predict_image  # noqa: E402
+from workbench.studies import large_images
+from workbench.evaluation import metrics
+from workbench.core.paths import outputs_dir
+from workbench.models.runs import run_weights
+from workbench.inference.tiled_inference import TileSettings, YoloDetector, tiled_predict_image
 
 ATTEMPTS: list[str] = []
 
@@ -96,7 +97,7 @@ def measure(arms: dict, images: dict[str, np.ndarray], repeats: int) -> dict[str
     from other processes on a shared machine falls on all of them alike. Every arm runs with
     torch on all CPU threads (ultralytics would leave it at cpu_count - 1), so neither side
     gets more threads than the other."""
-    from workbench.device import all_cpu_threads
+    from workbench.core.device import all_cpu_threads
 
     first = next(iter(images.values()))
     for predict in arms.values():

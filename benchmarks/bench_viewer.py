@@ -38,10 +38,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench import hardcases, viewer  # noqa: E402
-from workbench.datasets import prepare  # noqa: E402
-from workbench.evaluation import load_ground_truth  # noqa: E402
-from workbench.paths import outputs_dir  # noqa: E402
+from workbench.inspection import hardcases
+from workbench.inspection import viewer
+from workbench.data.datasets import prepare
+from workbench.evaluation.files import load_ground_truth
+from workbench.core.paths import outputs_dir
 
 
 def perturbed_predictions(gt: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:

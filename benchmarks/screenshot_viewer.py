@@ -21,10 +21,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from workbench import hardcases, viewer  # noqa: E402
-from workbench.datasets import prepare  # noqa: E402
-from workbench.evaluation import load_ground_truth  # noqa: E402
-from workbench.paths import outputs_dir  # noqa: E402
+from workbench.inspection import hardcases
+from workbench.inspection import viewer
+from workbench.data.datasets import prepare
+from workbench.evaluation.files import load_ground_truth
+from workbench.core.paths import outputs_dir
 
 
 def simulated_predictions(gt: pd.DataFrame, classes: list[str], *, seed: int = 0) -> pd.DataFrame:
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.pred is not None:
         pred, what = a.pred, f"predictions {a.pred}"
     elif a.run is not None:
-        from workbench.predict import predict
+        from workbench.inference.predict import predict
 
         pred, what = predict(a.run, ds, split=split), f"predictions of {a.run}"
     else:

@@ -10,7 +10,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from conftest import BCCD
-from workbench.canonical import Dataset, RawDataset
+from workbench.data.canonical import Dataset, RawDataset
 
 # 30 real images: the first 28 by name plus two with quirks (00338: a zero-area RBC box,
 # 00133: no WBC).

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.canonical import write_canonical
-from workbench.importers import read_raw
-from workbench.paths import VENDORED
+from workbench.data.canonical import write_canonical
+from workbench.data.importers import read_raw
+from workbench.core.paths import VENDORED
 
 
 def tiny_bccd(out: Path, *, n_train: int = 8, n_val: int = 4) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from workbench.paths import VENDORED, shared_data_dir
+from workbench.core.paths import VENDORED, shared_data_dir
 
 BCCD = VENDORED["bccd"]
 MONUSEG = VENDORED["monuseg"]
@@ -38,7 +38,7 @@ def bccd_subset(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def bccd_canonical(tmp_path_factory) -> Path:
     """The whole vendored BCCD converted once per test session (read-only for tests)."""
-    from workbench.importers import convert
+    from workbench.data.importers import convert
 
     return convert(BCCD, "voc", tmp_path_factory.mktemp("canon") / "bccd")
 

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 
 from conftest import MNFINDER, MONUSEG, checksums
-from workbench.audit import (AuditSettings, audit_dataset, check_image, clark_evans, density_class,
-                             duplicate_boxes, write_audit)
-from workbench.importers import convert
+from workbench.data.audit import (
+    AuditSettings, audit_dataset, check_image, clark_evans, density_class, duplicate_boxes, write_audit)
+from workbench.data.importers import convert
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_bad_settings_are_rejected(bccd_canonical):
         audit_dataset(bccd_canonical / "images")
 
 
-@pytest.mark.skipif(importlib.util.find_spec("workbench.importers.imagescope") is None,
+@pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.imagescope") is None,
                     reason="the MoNuSeg importer is not in this checkout")
 def test_monuseg_tiles_are_dense_and_counts_match_the_import(tmp_path):
     root = convert(MONUSEG, "monuseg", tmp_path / "monuseg")
@@ -229,7 +229,7 @@ def test_monuseg_tiles_are_dense_and_counts_match_the_import(tmp_path):
     assert (result.images["colourfulness"] > 20).all()  # H&E colour
 
 
-@pytest.mark.skipif(importlib.util.find_spec("workbench.importers.masks") is None,
+@pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.masks") is None,
                     reason="the masks importer (MNFinder format) is not in this checkout")
 def test_mnfinder_grey_16bit_sources_and_tiny_micronuclei(tmp_path):
     root = convert(MNFINDER, "masks", tmp_path / "mnfinder")

@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from conftest import BCCD, MONUSEG, checksums
-from workbench.canonical import (RawDataset, RawImage, RawObject, load_dataset, parse_yolo_label,
-                                 safe_stem, write_canonical)
-from workbench.images import ImageReadError, Normalisation, read_image, to_uint8
-from workbench.importers import convert
-from workbench.problems import ProblemLog, StrictModeError
+from workbench.data.canonical import (
+    RawDataset, RawImage, RawObject, load_dataset, parse_yolo_label, safe_stem, write_canonical)
+from workbench.core.images import ImageReadError, Normalisation, read_image, to_uint8
+from workbench.data.importers import convert
+from workbench.core.problems import ProblemLog, StrictModeError
 
 
 def _problems(root: Path) -> pd.DataFrame:
@@ -226,7 +226,7 @@ def test_ids_with_slashes_spaces_and_case_collisions_get_safe_unique_files(tmp_p
 def test_failed_write_leaves_no_output_and_keeps_a_previous_version(tmp_path, bccd_subset, monkeypatch):
     out = convert(bccd_subset, "voc", tmp_path / "out")
     before = checksums(out)
-    import workbench.canonical as canonical
+    import workbench.data.canonical as canonical
 
     def boom(*a, **k):
         raise RuntimeError("disk full")

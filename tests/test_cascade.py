@@ -9,14 +9,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import yolo
-from workbench.cascade import (COLUMNS, attribute_errors, cascade_predict, detector_only, fuse,
-                               read_cascade, tune_thresholds, write_cascade)
-from workbench.classifier import load_classifier, train_classifier
-from workbench.clinical import compare_systems
-from workbench.crops import CropSpec
-from workbench.evaluation import load_ground_truth
-from workbench.predict import predict
+from workbench.models import yolo
+from workbench.inference.cascade import (
+    COLUMNS, attribute_errors, cascade_predict, detector_only, fuse, read_cascade, tune_thresholds, write_cascade)
+from workbench.models.classifier import load_classifier, train_classifier
+from workbench.evaluation.clinical import compare_systems
+from workbench.models.crops import CropSpec
+from workbench.evaluation.files import load_ground_truth
+from workbench.inference.predict import predict
 
 from _tiny import tiny_bccd
 
@@ -117,7 +117,7 @@ def test_cascade_end_to_end_on_real_bccd(trained):
     np.testing.assert_allclose(np.sort(alone["score"]), np.sort(out["det_score"]), atol=1e-4)
     # classifier probabilities agree with a direct call on the same crops
     clf = load_classifier(classifier, device="cpu")
-    from workbench.crops import crop_table, dataset_images
+    from workbench.models.crops import crop_table, dataset_images
 
     pixels = dataset_images(data, sorted(set(out["image"])))
     probs = clf.predict_proba(crop_table(out, pixels, clf.spec))
@@ -134,10 +134,12 @@ def test_cascade_end_to_end_on_real_bccd(trained):
 def test_tiled_cascade_classifies_each_merged_box_once_from_the_whole_image(trained, tmp_path, monkeypatch):
     """Large images: tiled detection (boxes identical to tiled detection alone), then one
     classification per merged box, from that box's crop of the whole image."""
-    from workbench import cli, cli_cascade, cli_extensions
-    from workbench.crops import crop_table, dataset_images
-    from workbench.predict import read_predictions
-    from workbench.tiled_inference import TileSettings, predict_large, tile_windows
+    from workbench import cli
+    from workbench.cli import cascade as cli_cascade
+    from workbench.cli import extensions as cli_extensions
+    from workbench.models.crops import crop_table, dataset_images
+    from workbench.core.tables import read_predictions
+    from workbench.inference.tiled_inference import TileSettings, predict_large, tile_windows
 
     data, detector, classifier = trained
     tiles = TileSettings(tile=160, overlap=0.25, batch=8)
@@ -193,8 +195,10 @@ def test_frozen_thresholds_and_tuning(trained):
 
 @pytest.mark.slow
 def test_cli_predict_errors_and_crops(trained, tmp_path, monkeypatch, capsys):
-    from workbench import cli, cli_cascade, cli_extensions
-    from workbench.predict import read_predictions
+    from workbench import cli
+    from workbench.cli import cascade as cli_cascade
+    from workbench.cli import extensions as cli_extensions
+    from workbench.core.tables import read_predictions
 
     data, detector, classifier = trained
     if cli_cascade.register not in cli_extensions.REGISTRY:  # before the lead wires it in

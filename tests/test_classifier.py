@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from workbench.balance import balance_indices, class_weights
-from workbench.classifier import build_model, load_classifier, train_classifier
-from workbench.crops import CropSpec, gt_crops
+from workbench.models.balance import balance_indices, class_weights
+from workbench.models.classifier import build_model, load_classifier, train_classifier
+from workbench.models.crops import CropSpec, gt_crops
 
 from _tiny import tiny_bccd
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from _tiny import tiny_bccd
-from workbench.cli import main
+from workbench.cli.main import main
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +33,8 @@ def test_predict_then_evaluate_matches_pycocotools(trained):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from workbench.evaluation import load_ground_truth
-    from workbench.metrics import gt_to_coco, preds_to_coco
+    from workbench.evaluation.files import load_ground_truth
+    from workbench.evaluation.metrics import gt_to_coco, preds_to_coco
 
     tmp, ds, run = trained
     pred_csv = tmp / "pred.csv"

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.clinical import (ALL, PRESETS, clinical_rates, clinical_report, compare_systems,
-                                image_counts, pass_fail, quality_targets, rates_from_counts)
+from workbench.evaluation.clinical import (
+    ALL, PRESETS, clinical_rates, clinical_report, compare_systems, image_counts, pass_fail, quality_targets, rates_from_counts)
 
 
 def box(image, cls, x, y, s=10, score=None):

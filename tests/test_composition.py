@@ -6,8 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from workbench.composition import (apportion, compose, parse_ratios, record_training_length,
-                                   training_length)
+from workbench.models.runs import record_training_length
+from workbench.data.library.composition import (
+    apportion, compose, parse_ratios, training_length)
 
 GROUPS = ("good", "dense", "sparse")
 

@@ -11,8 +11,8 @@ import pytest
 
 from _tiny import tiny_bccd
 from conftest import checksums
-from workbench import corrections as C
-from workbench.canonical import load_dataset
+from workbench.inspection import corrections as C
+from workbench.data.canonical import load_dataset
 
 BOX = ["x1", "y1", "x2", "y2"]
 
@@ -161,8 +161,8 @@ def test_boxes_outside_the_image_are_clipped_or_dropped(tiny):
 
 
 def test_materialise_gives_a_canonical_dataset_that_exports(tiny, tmp_path):
-    from workbench.exporters import export
-    from workbench.importers import read_raw
+    from workbench.data.exporters import export
+    from workbench.data.importers import read_raw
 
     boxes = C.read_version_boxes(tiny)
     image = boxes["image"].iloc[0]
@@ -193,10 +193,10 @@ def test_materialise_gives_a_canonical_dataset_that_exports(tiny, tmp_path):
 @pytest.mark.slow
 def test_finetune_loop_on_real_bccd(tmp_path):
     """predict -> correct -> fine-tune -> compare, tiny (8+4 real images, imgsz 160, 1 epoch)."""
-    from workbench.feedback import finetune_on_version
-    from workbench.predict import predict
-    from workbench.runs import read_run_record
-    from workbench.yolo import train
+    from workbench.inspection.feedback import finetune_on_version
+    from workbench.inference.predict import predict
+    from workbench.models.runs import read_run_record
+    from workbench.models.yolo import train
 
     ds = tiny_bccd(tmp_path / "bccd")
     runs = tmp_path / "runs"

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.crops import (CropSpec, as_rgb, box_mask_channel, crop_image, crop_table, crop_windows,
-                             export_crops, gt_crops)
+from workbench.models.crops import (
+    CropSpec, as_rgb, box_mask_channel, crop_image, crop_table, crop_windows, export_crops, gt_crops)
 
 from _tiny import tiny_bccd
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from workbench.demo import Job, demo_jobs, run_demo
+from workbench.studies.demo import Job, demo_jobs, run_demo
 
 
 def test_demo_index_links_notebooks_figures_and_tables(tmp_path):
@@ -23,7 +23,7 @@ def test_a_failing_job_is_reported_and_fails_the_demo(tmp_path):
 
 
 def test_demo_covers_every_study_notebook():
-    from workbench.paths import NOTEBOOKS_DIR
+    from workbench.core.paths import NOTEBOOKS_DIR
 
     planned = {j.notebook for j in demo_jobs("smoke")}
     assert planned == {p.stem for p in NOTEBOOKS_DIR.glob("*.ipynb")}

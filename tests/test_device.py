@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from workbench import device as dv
+from workbench.core import device as dv
 
 
 def test_auto_picks_the_best_available_device():
@@ -62,7 +62,7 @@ def test_cpu_settings_fit_the_machine():
 def test_all_cpu_threads_uses_every_cpu_inside_and_restores_after():
     import torch
 
-    from workbench.device import all_cpu_threads, cpu_count
+    from workbench.core.device import all_cpu_threads, cpu_count
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # what ultralytics' device selection leaves on a 2-core machine

@@ -12,9 +12,9 @@ import yaml
 
 from _formats import SUBSET, assert_same_boxes, copy_voc_subset, labelled_ids, raw_as_dataset
 from conftest import MONUSEG, checksums
-from workbench.canonical import load_dataset
-from workbench.exporters import ExportResult, export, export_coco, export_labelme, export_yolo
-from workbench.importers import convert, read_raw
+from workbench.data.canonical import load_dataset
+from workbench.data.exporters import ExportResult, export, export_coco, export_labelme, export_yolo
+from workbench.data.importers import convert, read_raw
 
 UNLABELLED = SUBSET[0]  # copied without its XML: an image nobody annotated
 
@@ -142,7 +142,7 @@ def test_all_of_bccd_round_trips_through_every_format(bccd_canonical, tmp_path):
         assert assert_same_boxes(ds, back) == 3943
 
 
-@pytest.mark.skipif(importlib.util.find_spec("workbench.importers.imagescope") is None,
+@pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.imagescope") is None,
                     reason="the ImageScope (MoNuSeg) importer is not in this checkout yet")
 def test_monuseg_polygons_survive_coco_and_boxes_survive_yolo(tmp_path):
     canon = convert(MONUSEG, "monuseg", tmp_path / "canon")

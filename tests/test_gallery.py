@@ -7,9 +7,10 @@ import pandas as pd
 import pytest
 
 from conftest import MNFINDER
-from workbench import gallery, hardcases
-from workbench.hardcases import DISPLAY_COLOURS
-from workbench.images import read_image
+from workbench.inspection import gallery
+from workbench.inspection import hardcases
+from workbench.inspection.hardcases import DISPLAY_COLOURS
+from workbench.core.images import read_image
 
 BOX = ["x1", "y1", "x2", "y2"]
 
@@ -17,7 +18,7 @@ BOX = ["x1", "y1", "x2", "y2"]
 @pytest.fixture(scope="module")
 def bccd_queue(tmp_path_factory):
     from _tiny import tiny_bccd
-    from workbench.corrections import read_version_boxes
+    from workbench.inspection.corrections import read_version_boxes
 
     ds = tiny_bccd(tmp_path_factory.mktemp("g") / "bccd", n_train=2, n_val=4)
     truth = read_version_boxes(ds)
@@ -72,9 +73,9 @@ def test_gallery_navigates_and_shows_metrics(bccd_queue):
 def test_notebook_06_builds_the_queue_and_gallery_without_a_window(tmp_path):
     """With a given prediction table (here: the real GT of BCCD val with every 5th box left out,
     so the run stays well under a minute; the smoke default trains a 1-epoch detector first)."""
-    from workbench.datasets import prepare
-    from workbench.evaluation import load_ground_truth
-    from workbench.notebooks import run_notebook
+    from workbench.data.datasets import prepare
+    from workbench.evaluation.files import load_ground_truth
+    from workbench.studies.notebooks import run_notebook
 
     truth = load_ground_truth(prepare("bccd"), split="val")
     pred_csv = tmp_path / "given.csv"

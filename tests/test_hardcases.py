@@ -1,13 +1,13 @@
-"""The hard-case queue: outcome roles from workbench.metrics.match, per-image counts, queue order."""
+"""The hard-case queue: outcome roles from workbench.evaluation.metrics.match, per-image counts, queue order."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import hardcases
-from workbench.evaluation import load_ground_truth
-from workbench.hardcases import DISPLAY_COLOURS, build_queue, step, text_shown
+from workbench.inspection import hardcases
+from workbench.evaluation.files import load_ground_truth
+from workbench.inspection.hardcases import DISPLAY_COLOURS, build_queue, step, text_shown
 
 
 def _gt(rows):
@@ -128,7 +128,7 @@ def test_display_colours_are_distinct():
 def test_cli_inspect_without_a_display_says_what_to_do(monkeypatch, capsys, tmp_path):
     import argparse
 
-    from workbench import cli_inspect
+    from workbench.cli import inspect as cli_inspect
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)

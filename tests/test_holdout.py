@@ -6,9 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from workbench.canonical import read_meta
-from workbench.holdout import with_test_split
-from workbench.splits import hold_out
+from workbench.data.canonical import read_meta
+from workbench.data.holdout import with_test_split
+from workbench.data.splits import hold_out
 
 from conftest import checksums
 

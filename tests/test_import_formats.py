@@ -18,8 +18,8 @@ import pytest
 import yaml
 
 from _formats import SUBSET, assert_same_boxes, copy_voc_subset
-from workbench.canonical import load_dataset
-from workbench.importers import convert, read_raw
+from workbench.data.canonical import load_dataset
+from workbench.data.importers import convert, read_raw
 
 W, H = 640, 480  # every BCCD image
 NAMES = ["Platelets", "RBC", "WBC"]  # the VOC import's class order (sorted)

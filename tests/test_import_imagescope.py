@@ -13,10 +13,10 @@ import pytest
 from PIL import Image
 
 from conftest import MONUSEG, checksums
-from workbench.canonical import load_dataset
-from workbench.importers import convert, read_raw
-from workbench.importers.foldersplit import official_splits, split_from_folders, split_of_folder
-from workbench.importers.imagescope import ImageScopeError, parse_imagescope
+from workbench.data.canonical import load_dataset
+from workbench.data.importers import convert, read_raw
+from workbench.data.importers.foldersplit import official_splits, split_from_folders, split_of_folder
+from workbench.data.importers.imagescope import ImageScopeError, parse_imagescope
 
 REGION = re.compile(rb"<Region[\s/>]")  # not <RegionAttributeHeaders>
 

@@ -12,9 +12,9 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from conftest import MNFINDER, checksums
-from workbench.canonical import load_dataset
-from workbench.importers import convert, read_raw
-from workbench.importers.masks import label_instances, mask_codes
+from workbench.data.canonical import load_dataset
+from workbench.data.importers import convert, read_raw
+from workbench.data.importers.masks import label_instances, mask_codes
 
 
 # ----------------------------------------------------------------------------- independent truth

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import independent_test as it
+from workbench.studies import independent_test as it
 
 
 def _gt(counts: dict[str, int]) -> pd.DataFrame:
@@ -54,11 +54,13 @@ def test_profiles():
 
 
 def test_every_study_names_its_profiles_the_same_way():
-    from workbench import large_images, large_images_mn, mn_study
-    from workbench.profiles import pick
+    from workbench.studies import large_images
+    from workbench.studies import large_images_mn
+    from workbench.studies import micronuclei
+    from workbench.studies.profiles import pick
 
-    for profiles in (it.PROFILES, large_images.PROFILES, large_images_mn.PROFILES, mn_study.PROFILES):
+    for profiles in (it.PROFILES, large_images.PROFILES, large_images_mn.PROFILES, micronuclei.PROFILES):
         assert {"smoke", "modest", "full"} <= set(profiles)
         assert pick("smoke", profiles) is profiles["smoke"] and pick(profiles["full"], profiles) is profiles["full"]
     with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['full', 'modest', 'smoke'\]"):
-        pick("fast", mn_study.PROFILES)
+        pick("fast", micronuclei.PROFILES)

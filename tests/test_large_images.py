@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from workbench.large_images import ONE_STAGE, TWO_STAGE, WHOLE, cells_covered, score_methods, verdict
+from workbench.studies.large_images import ONE_STAGE, TWO_STAGE, WHOLE, cells_covered, score_methods, verdict
 
 
 def test_scores_speedups_and_the_goal_verdict():
@@ -45,7 +45,7 @@ def _mn_truth() -> pd.DataFrame:
 
 
 def test_micronucleus_columns_and_recall_change_against_one_stage():
-    from workbench import large_images_mn
+    from workbench.studies import large_images_mn
 
     gt = _mn_truth()
     hit = gt.assign(score=0.9)
@@ -95,12 +95,13 @@ def test_every_micronucleus_row_reports_boxes_in_native_pixels():
     all find the 4 px micronucleus beside its nucleus, where it is in the native image."""
     from dataclasses import replace
 
-    from workbench import large_images_mn, mn_study
+    from workbench.studies import large_images_mn
+    from workbench.studies import micronuclei
 
     image = np.full((200, 240), 10, np.uint8)
     image[80:120, 90:130] = 120  # a nucleus
     image[100:104, 136:140] = 255  # its micronucleus, 6 px to the right, centre (138, 102)
-    mn = replace(mn_study.PROFILES["smoke"], scale=2, tile=160)
+    mn = replace(micronuclei.PROFILES["smoke"], scale=2, tile=160)
     prof = replace(large_images_mn.PROFILES["smoke"], guided=(large_images_mn.GuidedSetting(margin=12, canvas=160),
                                                               large_images_mn.GuidedSetting(stage1=1.0, margin=12)),
                    whole_scales=(1.0,))
@@ -123,7 +124,7 @@ def test_every_micronucleus_row_reports_boxes_in_native_pixels():
 def test_guided_settings_are_checked():
     import pytest
 
-    from workbench.large_images_mn import GuidedSetting
+    from workbench.studies.large_images_mn import GuidedSetting
 
     assert GuidedSetting(stage1=0.75).label() == "stage 1 whole x0.75, margin 20, merge 0.5, canvas 640"
     for bad in ({"stage1": 0}, {"margin": -1}, {"region_merge": 2}, {"canvas": 8}):
@@ -132,7 +133,7 @@ def test_guided_settings_are_checked():
 
 
 def test_imgsz_for_rounds_up_to_the_stride():
-    from workbench.large_images import imgsz_for
+    from workbench.studies.large_images import imgsz_for
 
     assert imgsz_for(869, 3) == 2624 and imgsz_for(1000, 0.25) == 256 and imgsz_for(1000, 0.5) == 512
     assert imgsz_for(10, 1.0) == 32  # never below one stride

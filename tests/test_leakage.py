@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import BCCD, MNFINDER
-from workbench.canonical import read_meta
-from workbench.importers import convert
-from workbench.leakage import COLUMNS, find_duplicates, hamming_pairs, leakage_summary, phash_array
+from workbench.data.canonical import read_meta
+from workbench.data.importers import convert
+from workbench.data.leakage import COLUMNS, find_duplicates, hamming_pairs, leakage_summary, phash_array
 
 
 def test_hamming_pairs_hand_computed_and_chunked():
@@ -90,7 +90,7 @@ def test_real_copies_under_new_ids_are_found(tmp_path):
     assert summary[summary["cross_split"]]["pairs"].sum() == 2
 
 
-@pytest.mark.skipif(importlib.util.find_spec("workbench.importers.masks") is None,
+@pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.masks") is None,
                     reason="the masks importer (MNFinder format) is not in this checkout")
 def test_mnfinder_16bit_image_imported_twice_is_an_exact_cross_split_duplicate(tmp_path):
     # MNFinder's source had a test image pixel-identical to training 2022-05-26_RPE1/1.tif.

@@ -10,8 +10,8 @@ from PIL import Image
 
 from _tiny import tiny_bccd
 from conftest import checksums
-from workbench.canonical import load_dataset, read_meta
-from workbench.library import Batch, library_meta, partition, read_library, write_library
+from workbench.data.canonical import load_dataset, read_meta
+from workbench.data.library.builder import Batch, library_meta, partition, read_library, write_library
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_downscale_halves_images_keeps_labels_and_scales_boxes(source, tmp_path)
 
 
 def test_a_library_grows_one_batch_at_a_time_into_a_new_folder(source, tmp_path):
-    from workbench.library import add_batch
+    from workbench.data.library.builder import add_batch
 
     train, val = _ids(source, "train"), _ids(source, "val")
     old = write_library(Batch("base", source, tuple(train[:4]), meta={"centre": "A"}), [], tmp_path / "v1",
@@ -117,7 +117,7 @@ def test_a_library_grows_one_batch_at_a_time_into_a_new_folder(source, tmp_path)
 def _cli(argv: list[str]) -> int:
     import argparse
 
-    from workbench import cli_library
+    from workbench.cli import library as cli_library
 
     parser = argparse.ArgumentParser(prog="workbench")
     cli_library.register(parser.add_subparsers(dest="cmd", required=True))

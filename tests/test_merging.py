@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench.merging import merge_table, nmm, nms, overlap, overlap_pairs, union_boxes
-from workbench.metrics import box_iou
+from workbench.inference.merging import merge_table, nmm, nms, overlap, overlap_pairs, union_boxes
+from workbench.evaluation.metrics import box_iou
 
 
 def _table(rows, columns=("x1", "y1", "x2", "y2", "class", "score", "tile")):

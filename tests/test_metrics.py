@@ -1,4 +1,4 @@
-"""Tests for workbench.metrics: hand-built cases and agreement with pycocotools on real annotations."""
+"""Tests for workbench.evaluation.metrics: hand-built cases and agreement with pycocotools on real annotations."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import metrics as M
+from workbench.evaluation import metrics as M
 
 ROOT = Path(__file__).resolve().parents[1]
 

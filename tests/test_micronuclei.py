@@ -1,11 +1,11 @@
-"""Tests for workbench.micronuclei: parent assignment, per-cell counts and MN frequency."""
+"""Tests for workbench.analysis.micronuclei: parent assignment, per-cell counts and MN frequency."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import micronuclei as mnx
+from workbench.analysis import micronuclei as mnx
 
 
 def table(rows, cls, image="a") -> pd.DataFrame:
@@ -104,7 +104,7 @@ def test_per_cell_outputs_apply_the_score_threshold():
 
 def test_real_mnfinder_colour_parents_agree_with_the_nearest_nucleus_rule():
     """On the vendored validation annotations most MN lie next to the nucleus of their colour."""
-    from workbench import datasets
+    from workbench.data import datasets
 
     root = datasets.prepare("mnfinder")
     objects = pd.read_csv(root / "objects.csv")

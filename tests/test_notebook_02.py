@@ -5,8 +5,8 @@ import json
 
 import pandas as pd
 
-from workbench.notebooks import error_names, run_notebook
-from workbench.style_study import PROFILES
+from workbench.studies.notebooks import error_names, run_notebook
+from workbench.studies.style_levels import PROFILES
 
 
 def test_style_levels_notebook_smoke(tmp_path):
@@ -44,8 +44,8 @@ def test_style_levels_notebook_smoke(tmp_path):
 def test_fixed_split_roles_and_result_tables_on_constructed_data():
     import pytest
 
-    from workbench.composition import Composition
-    from workbench.style_study import INCREMENTAL, LEVELS, StyleProfile, StyleResult, fixed_splits
+    from workbench.data.library.composition import Composition
+    from workbench.studies.style_levels import INCREMENTAL, LEVELS, StyleProfile, StyleResult, fixed_splits
 
     meta = pd.DataFrame({"image_id": [f"t{k}" for k in range(10)] + [f"v{k}" for k in range(8)],
                          "split": ["train"] * 10 + ["val"] * 8})

@@ -7,8 +7,8 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from workbench import mn_study
-from workbench.notebooks import error_names, run_notebook
+from workbench.studies import micronuclei
+from workbench.studies.notebooks import error_names, run_notebook
 
 
 def test_micronuclei_notebook_smoke(tmp_path):
@@ -16,7 +16,7 @@ def test_micronuclei_notebook_smoke(tmp_path):
     executed = run_notebook("08_micronuclei", {"profile": "smoke", "work_dir": str(tmp_path / "work")}, out_dir=out)
     assert not error_names(executed)
     summary = pd.read_csv(out / "mn_study.csv")
-    assert summary["approach"].tolist() == list(mn_study.APPROACHES)
+    assert summary["approach"].tolist() == list(micronuclei.APPROACHES)
     rates = summary.filter(like="recall").join(summary.filter(like="precision"))
     assert ((rates >= 0) & (rates <= 1) | rates.isna()).all().all()
     assert (summary["time_per_image_s"] > 0).all()
@@ -24,7 +24,7 @@ def test_micronuclei_notebook_smoke(tmp_path):
     assert set(criteria["criterion"]) == {"centre<=3px", "IoU0.5@min8px", "IoU0.5"}
     assert (criteria.loc[criteria["class"] == "mn", "n_gt"] == 183).all()  # the vendored validation MN
     freq = pd.read_csv(out / "mn_frequency.csv")
-    assert len(freq) == 3 * len(mn_study.APPROACHES) and freq["true_mn_frequency"].between(0, 1).all()
+    assert len(freq) == 3 * len(micronuclei.APPROACHES) and freq["true_mn_frequency"].between(0, 1).all()
     clinical = pd.read_csv(out / "mn_clinical.csv")
     assert set(clinical["metric"]) == {"detection_rate", "classification_rate", "fp_rate", "fn_rate"}
     assert (clinical["target"] > 0).all()
@@ -58,8 +58,8 @@ def test_guided_search_finds_the_mn_beside_the_nucleus_in_native_pixels():
     image = np.full((160, 160), 20, np.uint8)  # one tile: the fake nucleus sits at (80, 80), box 66..94
     image[100:104, 100:104] = 255  # a 4x4 MN centred at (102, 102), 6 px from the nucleus box
     image[10:14, 10:14] = 255  # a bright spot far from any nucleus: outside the searched neighbourhood
-    prof = replace(mn_study.PROFILES["smoke"], approaches=(mn_study.GUIDED,), margin=12, scale=2, tile=160)
-    guided = mn_study.make_approaches(prof, {"native": _fake_nuclei, "upsampled": _fake_bright_spots})["guided"]
+    prof = replace(micronuclei.PROFILES["smoke"], approaches=(micronuclei.GUIDED,), margin=12, scale=2, tile=160)
+    guided = micronuclei.make_approaches(prof, {"native": _fake_nuclei, "upsampled": _fake_bright_spots})["guided"]
     table, info = guided(image)
     mn = table[table["class"] == "mn"]
     assert len(mn) == 1 and info["regions"] == 1 and 0 < info["searched_share"] < 0.2
@@ -69,7 +69,7 @@ def test_guided_search_finds_the_mn_beside_the_nucleus_in_native_pixels():
 
 
 def test_scoring_of_constructed_predictions():
-    from workbench.micronuclei import parents_from_colours
+    from workbench.analysis.micronuclei import parents_from_colours
 
     objects = pd.DataFrame({
         "image_id": ["a", "a", "a", "a", "b"], "class": ["nucleus", "nucleus", "mn", "mn", "nucleus"],
@@ -82,8 +82,8 @@ def test_scoring_of_constructed_predictions():
                       shifted[shifted["class"] == "nucleus"].assign(approach="no-mn")], ignore_index=True)
     per_image = pd.DataFrame({"approach": ["good", "good", "no-mn", "no-mn"], "image": ["a", "b"] * 2,
                               "time_s": [1.0, 3.0, 0.5, 0.5]})
-    prof = mn_study.PROFILES["smoke"]
-    r = mn_study.score(prof, gt, true_mn, true_nuclei, pred, per_image, images=["a", "b"])
+    prof = micronuclei.PROFILES["smoke"]
+    r = micronuclei.score(prof, gt, true_mn, true_nuclei, pred, per_image, images=["a", "b"])
     t = r.table.set_index("approach")
     assert t.loc["good", "mn_recall_centre3"] == 1.0 and t.loc["good", "mn_precision_centre3"] == 1.0
     assert t.loc["good", "mn_recall_iou50"] < 1.0  # 5x5 boxes shifted diagonally by 1 px: IoU 0.47

@@ -7,8 +7,8 @@ import nbformat
 import pandas as pd
 import pytest
 
-from workbench.notebooks import error_names, run_notebook
-from workbench.paths import NOTEBOOKS_DIR
+from workbench.studies.notebooks import error_names, run_notebook
+from workbench.core.paths import NOTEBOOKS_DIR
 
 
 def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
@@ -96,7 +96,7 @@ def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, po
 def test_error_names_reports_the_exceptions_of_executed_cells(tmp_path):
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from workbench.notebooks import error_names
+    from workbench.studies.notebooks import error_names
 
     nb = new_notebook(cells=[new_code_cell("1", outputs=[new_output("execute_result", data={"text/plain": "1"})]),
                              new_code_cell("1/0", outputs=[new_output("error", ename="ZeroDivisionError",

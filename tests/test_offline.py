@@ -22,7 +22,7 @@ def _run_guarded(code: str, tmp_path: Path) -> str:
 
 def test_convert_and_audit_make_no_network_attempt(tmp_path):
     out = _run_guarded(
-        "from workbench.cli import main\n"
+        "from workbench.cli.main import main\n"
         f"assert main(['convert', {str(BCCD)!r}, '--format', 'voc', '--out', 'ds']) == 0\n"
         "assert main(['audit', 'ds', '--out', 'audit', '--workers', '1']) == 0\n", tmp_path)
     assert "NETWORK_ATTEMPTS=0" in out, out[-2000:]
@@ -32,7 +32,7 @@ def test_convert_and_audit_make_no_network_attempt(tmp_path):
 def test_ultralytics_builds_a_model_and_finds_its_font_offline(tmp_path):
     out = _run_guarded(
         "import workbench\n"
-        "from workbench.offline import configure_ultralytics\n"
+        "from workbench.core.offline import configure_ultralytics\n"
         "configure_ultralytics()\n"
         "from ultralytics import YOLO, settings\n"
         "from ultralytics.utils.checks import check_font\n"

@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from workbench import overlays as ov
-from workbench.canonical import load_dataset
-from workbench.metrics import match
+from workbench.data.canonical import read_images
+from workbench.report import overlays as ov
+from workbench.data.canonical import load_dataset
+from workbench.evaluation.metrics import match
 
 POS, NOR = ["WBC", "Platelets"], "RBC"
 
@@ -95,7 +96,7 @@ def test_real_bccd_overlay_has_the_three_colours_on_the_boxes(bccd):
     kinds = o.groupby("image_id")["class"].agg(lambda s: set(s))
     image_id = next(i for i, s in kinds.items() if s == {"RBC", "WBC", "Platelets"})
     table = _cascade(o, [image_id])
-    arr = ov.read_images(bccd.root, [image_id])[image_id]
+    arr = read_images(bccd.root, [image_id])[image_id]
     out = ov.draw_overlay(arr, table, positive=POS, normal=NOR)
     assert out.shape == arr.shape and out.dtype == np.uint8
     roles = ov.box_roles(table, positive=POS, normal=NOR)
@@ -131,7 +132,7 @@ def test_gallery_of_the_worst_images_from_a_match_table(bccd):
     assert errors.loc[0, ["image", "fn", "fp", "errors"]].tolist() == [ids[3], 2, 0, 2]
     worst = ov.worst_images(m, n=4)
     assert worst == [ids[3], ids[1]]  # only images with errors
-    images = ov.read_images(bccd.root, worst)
+    images = read_images(bccd.root, worst)
     fig = ov.overlay_gallery(images, gt, positive=POS, normal=NOR, image_ids=worst,
                              titles={i: f"{i}: {e} errors" for i, e in zip(errors["image"], errors["errors"])})
     assert isinstance(fig, Figure)
@@ -144,4 +145,4 @@ def test_gallery_of_the_worst_images_from_a_match_table(bccd):
     with pytest.raises(ValueError, match="no image array given"):
         ov.overlay_gallery(images, gt, positive=POS, normal=NOR, image_ids=["nope"])
     with pytest.raises(ValueError, match="no image"):
-        ov.read_images(bccd.root, ["nope"])
+        read_images(bccd.root, ["nope"])

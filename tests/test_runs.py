@@ -9,8 +9,8 @@ import shutil
 import pandas as pd
 import pytest
 
-from workbench import runs
-from workbench.paths import PROJECT_ROOT
+from workbench.models import runs
+from workbench.core.paths import PROJECT_ROOT
 
 from _tiny import tiny_bccd
 

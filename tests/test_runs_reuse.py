@@ -1,7 +1,7 @@
 """Studies reuse a run only when it finished with the very settings asked for."""
 import json
 
-from workbench.runs import finished_with
+from workbench.models.runs import finished_with
 
 
 def _run(tmp_path, **cfg):

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from workbench.canonical import read_meta
-from workbench.splits import assign_splits, check_groups, parse_ratios, split_dataset
+from workbench.data.canonical import read_meta
+from workbench.data.splits import assign_splits, check_groups, parse_ratios, split_dataset
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,9 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from workbench import stats, stats_plots
-from workbench.canonical import load_dataset
+from workbench.analysis import stats
+from workbench.report import stats_plots
+from workbench.data.canonical import load_dataset
 
 POS, NOR = ["WBC", "Platelets"], "RBC"
 

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 
 from _tiny import tiny_bccd
-from workbench.style_levels import (LEVEL, LevelRule, apply_edges, derive_levels, level_name,
-                                    levels_from_csv, measure, quantile_edges)
+from workbench.data.library.style_levels import (
+    LEVEL, LevelRule, apply_edges, derive_levels, level_name, levels_from_csv, measure, quantile_edges)
 
 
 def table(values, column="sharpness") -> pd.DataFrame:

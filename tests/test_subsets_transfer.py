@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 
 from conftest import checksums
-from workbench.canonical import load_dataset, read_meta
-from workbench.subsets import choose, subset_dataset
-from workbench.transfer import (EQUAL, FINETUNE, PROFILES, SCRATCH, TransferProfile, TransferResult,
-                                equal_compute_epochs, headline)
+from workbench.data.canonical import load_dataset, read_meta
+from workbench.data.subsets import choose, subset_dataset
+from workbench.studies.pretrain_vs_scratch import (
+    EQUAL, FINETUNE, PROFILES, SCRATCH, TransferProfile, TransferResult, equal_compute_epochs, headline)
 
 
 def test_subsets_are_nested_deterministic_and_leave_the_source_alone(bccd_canonical, tmp_path):

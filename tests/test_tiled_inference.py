@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from _blobs import BlobDetector, blob_image, sorted_boxes
-from workbench.tiled_inference import (TileSettings, YoloDetector, is_empty, tile_windows, tiled_predict,
-                                       tiled_predict_image, to_bgr)
-from workbench.tiling import tile_starts
+from workbench.inference.tiled_inference import (
+    TileSettings, YoloDetector, is_empty, tile_windows, tiled_predict, tiled_predict_image, to_bgr)
+from workbench.data.tiling import tile_starts
 
 # Cells up to 40 px, tiles of 200 px overlapping by 50 px: every cell lies whole in some tile.
 CELLS = [(10, 10, 40, 35), (185, 20, 215, 50),  # straddles the first vertical tile edge (x=200)
@@ -185,8 +185,8 @@ def test_yolo_adapter_hands_ultralytics_bgr_in_one_call_per_batch():
 def test_yolo_adapter_feeds_the_network_what_ultralytics_makes_of_the_file(tmp_path):
     """A real YOLO: the network input made from an RGB array through the adapter equals the one
     ultralytics makes from the same image file (read by OpenCV as BGR); unflipped RGB differs."""
-    from workbench.paths import VENDORED
-    from workbench.yolo import load_model
+    from workbench.core.paths import VENDORED
+    from workbench.models.yolo import load_model
 
     tif = next((VENDORED["monuseg"] / "Tissue_Images").glob("*.tif"))
     rgb = np.asarray(Image.open(tif).convert("RGB"))[:96, :128]

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from workbench.canonical import load_dataset
-from workbench.images import read_image
-from workbench.tiling import clip_boxes, read_tile_notes, tile_dataset, tile_starts
-from workbench.yolo import max_det_for
+from workbench.data.canonical import load_dataset
+from workbench.core.images import read_image
+from workbench.data.tiling import clip_boxes, read_tile_notes, tile_dataset, tile_starts
+from workbench.models.yolo import max_det_for
 
 from _tiny import tiny_bccd
 
@@ -112,8 +112,8 @@ def test_refuses_to_overwrite(bccd, tmp_path):
 
 def test_monuseg_tiles_keep_dense_nuclei_and_size_max_det(tmp_path):
     """Real MoNuSeg (1000x1000, hundreds of nuclei): 256 px tiles and max_det for whole images."""
-    from workbench.importers import FORMATS, convert
-    from workbench.paths import VENDORED
+    from workbench.data.importers import FORMATS, convert
+    from workbench.core.paths import VENDORED
 
     try:
         src = convert(VENDORED["monuseg"], "monuseg", tmp_path / "monuseg")

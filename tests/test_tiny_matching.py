@@ -1,12 +1,13 @@
-"""Tests for workbench.tiny_matching: hand-built tiny boxes, agreement with metrics.match, real MN boxes."""
+"""Tests for workbench.evaluation.tiny_matching: hand-built tiny boxes, agreement with metrics.match, real MN boxes."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from workbench import metrics, tiny_matching as tm
-from workbench.tiny_matching import Criterion
+from workbench.evaluation import metrics
+from workbench.evaluation import tiny_matching as tm
+from workbench.evaluation.tiny_matching import Criterion
 
 
 def boxes(rows, *, scores=None, image="a", cls="mn") -> pd.DataFrame:
@@ -112,8 +113,8 @@ def test_iou_criterion_gives_the_outcomes_of_metrics_match():
 
 def test_real_mnfinder_annotations_against_themselves_shifted():
     """Real GT micronuclei shifted diagonally by 1 px: centre distance keeps them, IoU 0.5 loses many."""
-    from workbench import datasets
-    from workbench.evaluation import load_ground_truth
+    from workbench.data import datasets
+    from workbench.evaluation.files import load_ground_truth
 
     gt = load_ground_truth(datasets.prepare("mnfinder"), split="val").boxes
     gt = gt[gt["class"] == "mn"].reset_index(drop=True)

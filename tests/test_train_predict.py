@@ -14,11 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workbench import predict as pr
-from workbench import yolo
-from workbench.canonical import load_dataset
-from workbench.images import read_image
-from workbench.runs import dataset_fingerprint, load_run
+from workbench.core import tables
+from workbench.inference import predict as pr
+from workbench.models import yolo
+from workbench.data.canonical import load_dataset
+from workbench.core.images import read_image
+from workbench.models.runs import dataset_fingerprint, load_run
 
 from _tiny import tiny_bccd
 
@@ -284,19 +285,19 @@ def test_prediction_source_errors(run, data, tmp_path):
 def test_write_and_read_predictions(tmp_path):
     df = pd.DataFrame({"image": ["00012", "00012"], "x1": [1.0, 5.0], "y1": [2.0, 6.0],
                        "x2": [3.0, 7.0], "y2": [4.0, 8.0], "class": ["RBC", "WBC"], "score": [0.9, 0.4]})
-    back = pr.read_predictions(pr.write_predictions(df, tmp_path / "p.csv"))
+    back = tables.read_predictions(tables.write_predictions(df, tmp_path / "p.csv"))
     pd.testing.assert_frame_equal(back, df, check_dtype=False)
     assert back["image"].tolist() == ["00012", "00012"]  # ids stay strings
     with pytest.raises(ValueError, match="as .csv or .parquet"):
-        pr.write_predictions(df, tmp_path / "p.xlsx")
+        tables.write_predictions(df, tmp_path / "p.xlsx")
     with pytest.raises(ValueError, match="lacks columns"):
-        pr.write_predictions(df.drop(columns="score"), tmp_path / "q.csv")
+        tables.write_predictions(df.drop(columns="score"), tmp_path / "q.csv")
     try:
         import pyarrow  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="pyarrow"):
-            pr.write_predictions(df, tmp_path / "p.parquet")
+            tables.write_predictions(df, tmp_path / "p.parquet")
         assert not (tmp_path / "p.parquet").exists()
     else:
-        back = pr.read_predictions(pr.write_predictions(df, tmp_path / "p.parquet"))
+        back = tables.read_predictions(tables.write_predictions(df, tmp_path / "p.parquet"))
         pd.testing.assert_frame_equal(back, df)

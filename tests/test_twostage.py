@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 
 from _blobs import BlobDetector, blob_image, sorted_boxes
-from workbench.twostage import (TwoStageSettings, layout_pieces, merge_regions, pack_boxes, pack_shelves,
-                                propose_regions, render_canvases, split_regions, two_stage_predict,
-                                two_stage_predict_image, unpack_boxes)
+from workbench.inference.twostage import (
+    TwoStageSettings, layout_pieces, merge_regions, pack_boxes, pack_shelves, propose_regions, render_canvases, split_regions, two_stage_predict, two_stage_predict_image, unpack_boxes)
 
 
 def _boxes(rows):

@@ -11,13 +11,14 @@ import pytest
 
 from _tiny import tiny_bccd
 from conftest import MNFINDER, checksums, copy_bccd_subset
-from workbench import corrections, hardcases
-from workbench.hardcases import DISPLAY_COLOURS
-from workbench.images import read_image
-from workbench.importers import read_raw
-from workbench.viewer import (EDITED_COLOUR, boxes_to_rectangles, layer_boxes, open_image,
-                              rectangles_to_boxes, screenshot)
-from workbench.viewer import Inspector
+from workbench.inspection import corrections
+from workbench.inspection import hardcases
+from workbench.inspection.hardcases import DISPLAY_COLOURS
+from workbench.core.images import read_image
+from workbench.data.importers import read_raw
+from workbench.inspection.viewer import (
+    EDITED_COLOUR, boxes_to_rectangles, layer_boxes, open_image, rectangles_to_boxes, screenshot)
+from workbench.inspection.viewer import Inspector
 
 pytestmark = [
     pytest.mark.gui,
@@ -204,7 +205,7 @@ def test_cli_inspect_writes_a_screenshot_with_boxes_and_text(tmp_path, capsys):
     """``inspect PRED --gt DATASET --split val --screenshot PNG`` (the parser as the CLI builds it)."""
     import argparse
 
-    from workbench import cli_inspect
+    from workbench.cli import inspect as cli_inspect
 
     ds = tiny_bccd(tmp_path / "bccd", n_train=1, n_val=2)
     truth = corrections.read_version_boxes(ds)

@@ -1,0 +1,2 @@
+"""Analysis: cell statistics over box tables (counts, ratios, sizes, density, flags) and
+micronuclei per cell / MN frequency."""

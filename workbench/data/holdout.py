@@ -1,0 +1,42 @@
+"""An independent test split for datasets that ship without one.
+
+BCCD's official split is train/val only, and val is what early stopping and threshold tuning
+look at. :func:`with_test_split` writes a copy of a canonical dataset in which a seeded part
+of val is moved to ``test`` (:func:`workbench.data.splits.hold_out`); models trained on the copy
+never see those images, so the cascade can be judged on them honestly.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from workbench.core.atomic import write_text
+from workbench.data.canonical import read_classes, read_meta, save_meta
+from workbench.data.subsets import subset_dataset
+from workbench.data.splits import hold_out
+
+
+def with_test_split(src: str | Path, out: str | Path, *, source: str = "val", fraction: float = 0.5,
+                    seed: int = 0, group_by: str | None = None, overwrite: bool = False) -> Path:
+    """Copy ``src`` to ``out`` (images hard-linked) with ``fraction`` of ``source`` moved to test.
+
+    A dataset that already has test images is copied unchanged. The choice is recorded in
+    ``out/dataset.json`` under ``"hold_out"``. ``src`` is never modified.
+    """
+    src, out = Path(src), Path(out)
+    if (out / "meta.csv").exists() and not overwrite:
+        return out
+    subset_dataset(src, out, keep={}, overwrite=True)
+    meta = read_meta(out)
+    record: dict = {"source": source, "fraction": fraction, "seed": seed, "group_by": group_by}
+    if meta["split"].eq("test").any():
+        record["skipped"] = "dataset already has a test split"
+    else:
+        meta = meta.assign(split=hold_out(meta, source=source, fraction=fraction, seed=seed, group_by=group_by))
+        save_meta(out, meta, read_classes(out))
+    record["images"] = {s: int(n) for s, n in meta["split"].value_counts().items()}
+    info_path = out / "dataset.json"
+    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+    info["hold_out"] = record
+    write_text(info_path, json.dumps(info, indent=2, default=str) + "\n")
+    return out
