@@ -57,7 +57,7 @@ def test_every_study_names_its_profiles_the_same_way():
     from workbench.studies import large_images
     from workbench.studies import large_images_mn
     from workbench.studies import micronuclei
-    from workbench.studies.profiles import pick
+    from workbench.studies.base import pick
 
     for profiles in (it.PROFILES, large_images.PROFILES, large_images_mn.PROFILES, micronuclei.PROFILES):
         assert {"smoke", "modest", "full"} <= set(profiles)

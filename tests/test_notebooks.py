@@ -49,9 +49,9 @@ def test_pretrain_vs_scratch_notebook_smoke(tmp_path):
 
 
 def test_model_size_notebook_smoke(tmp_path):
-    executed = run_notebook("04_model_size", {"target": "bccd", "profile": "smoke"}, out_dir=tmp_path)
+    executed = run_notebook("04_model_size", {"dataset": "bccd", "profile": "smoke"}, out_dir=tmp_path)
     assert not error_names(executed)
-    table = pd.read_csv(tmp_path / "model_size.csv")
+    table = pd.read_csv(tmp_path / "results" / "model_size.csv")
     assert table["model"].tolist() == ["yolov8n", "yolov8s"]
     assert table["params"].is_monotonic_increasing and (table["latency_ms"] > 0).all()
 

@@ -40,7 +40,7 @@ def demo_jobs(profile: str) -> list[Job]:
             "Style levels: level-subset x test-level heatmap, incremental library additions (BCCD, derived levels)"),
         Job("03_pretrain_vs_scratch", {"target": "bccd", "profile": profile},
             "Pretrain on H&E nuclei (MoNuSeg) vs scratch, fine-tuned on BCCD"),
-        Job("04_model_size", {"target": "bccd", "profile": profile}, "Model size vs mAP50 and latency on BCCD"),
+        Job("04_model_size", {"dataset": "bccd", "profile": profile}, "Model size vs mAP50 and latency on BCCD"),
         Job("05_independent_test", {"dataset": "bccd", "profile": profile},
             "Independent test: cascade vs detector-only on BCCD (WBC, Platelets vs RBC), rates with CIs"),
         Job("05_independent_test", {"dataset": "mnfinder", "group_by": "set", "profile": profile},

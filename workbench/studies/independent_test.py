@@ -74,7 +74,7 @@ TASKS: dict[str, dict[str, Any]] = {
 
 def profile_of(profile: str | TestProfile, **changes: Any) -> TestProfile:
     """A named profile (optionally changed field by field)."""
-    from workbench.studies.profiles import pick
+    from workbench.studies.base import pick
 
     prof = pick(profile, PROFILES)
     return replace(prof, **changes) if changes else prof

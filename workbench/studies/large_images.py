@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.data import datasets
-from workbench.studies.profiles import pick
+from workbench.studies.base import pick
 from workbench.inference.twostage import TwoStageSettings
 
 VENDORED_TILES = ("TCGA-B0-5698-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1")

@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.studies import micronuclei
-from workbench.studies.profiles import pick
+from workbench.studies.base import pick
 from workbench.studies.large_images import (
     ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, cells_covered, imgsz_for, score_methods, time_methods)
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.data import datasets
-from workbench.studies.profiles import pick
+from workbench.studies.base import pick
 
 MN, NUCLEUS = "mn", "nucleus"
 NATIVE, UPSAMPLED, P2, GUIDED = "native", "upsampled", "p2", "guided"

@@ -132,7 +132,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | TransferProfile = "
               fmt: str | None = None, device: str | None = None, workers: int | None = None,
               log: Callable[[str], None] = print) -> TransferResult:
     """Train every arm (reusing finished runs in ``out_dir/runs``) and collect the tables."""
-    from workbench.studies.profiles import pick
+    from workbench.studies.base import pick
     from workbench.models.runs import finished_with, load_run
     from workbench.models.yolo import train
 

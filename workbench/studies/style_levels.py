@@ -326,7 +326,7 @@ def run_study(target: str | Path = "bccd", *, profile: str | StyleProfile = "smo
     ``seeds`` replaces the profile's seeds for both experiments (each seed draws its own
     subsets, base and batches).
     """
-    from workbench.studies.profiles import pick
+    from workbench.studies.base import pick
 
     prof = pick(profile, PROFILES)
     if seeds is not None:
