@@ -605,7 +605,10 @@ def test_bootstrap_weights_equal_materialised_resample(bccd):
             parts_p.append(pred[pred.image == image].assign(image=name))
     direct = M.evaluate(pd.concat(parts_g), pd.concat(parts_p))
 
-    g, p = M._parse_gt(bccd), M._parse_pred(pred)
-    core = M._run_core(g, p, np.array(M.COCO_IOU_THRESHOLDS), max_dets=None, class_agnostic=False)
-    prec, _, _ = M._precision_curves(M._ap_inputs(core, list(range(10))), w.astype(float))
-    assert M._map(prec) == pytest.approx(direct.map50_95, abs=1e-12)
+    from workbench.evaluation.metrics.ap import ap_inputs, mean_ap, precision_curves
+    from workbench.evaluation.metrics.matching import run_core
+
+    g, p = M.parse_gt(bccd), M.parse_pred(pred)
+    core = run_core(g, p, np.array(M.COCO_IOU_THRESHOLDS), max_dets=None, class_agnostic=False)
+    prec, _, _ = precision_curves(ap_inputs(core, list(range(10))), w.astype(float))
+    assert mean_ap(prec) == pytest.approx(direct.map50_95, abs=1e-12)

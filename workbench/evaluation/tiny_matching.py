@@ -151,8 +151,8 @@ def match(gt: pd.DataFrame, pred: pd.DataFrame, criteria: PerClass = TINY_DEFAUL
     predictions may match GT of any class and the GT's class chooses the criterion (the
     table of clinical rates). Outcomes: 'tp', 'fp', 'fn'; no capping, no crowd.
     """
-    g = metrics._parse_gt(gt).frame.reset_index(drop=True)
-    p = metrics._parse_pred(pred).frame.reset_index(drop=True)
+    g = metrics.parse_gt(gt).frame.reset_index(drop=True)
+    p = metrics.parse_pred(pred).frame.reset_index(drop=True)
     g_box, p_box = g[BOX].to_numpy(float), p[BOX].to_numpy(float)
     g_img, p_img = g["image"].astype(str).to_numpy(), p["image"].astype(str).to_numpy()
     g_cls, p_cls = g["class"].astype(str).to_numpy(), p["class"].astype(str).to_numpy()

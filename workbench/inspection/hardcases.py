@@ -29,6 +29,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
+from workbench.core.tables import require_columns
 from workbench.evaluation import metrics
 
 __all__ = ["DISPLAY_COLOURS", "DISPLAY_LABELS", "HardCaseQueue", "ImageRef", "build_queue",
@@ -202,8 +203,8 @@ def build_queue(gt: pd.DataFrame, pred: pd.DataFrame, *, images: Iterable[str] |
     """
     if not 0 <= score_thr <= 1:
         raise ValueError(f"score_thr must lie in [0, 1], got {score_thr}")
-    metrics._require_columns(pred, "pred", metrics.PRED_COLUMNS)
-    metrics._require_columns(gt, "gt", metrics.GT_COLUMNS)
+    require_columns(pred, "pred", metrics.PRED_COLUMNS)
+    require_columns(gt, "gt", metrics.GT_COLUMNS)
     keep_pred = [c for c in (*metrics.PRED_COLUMNS, "changed", "det_class") if c in pred.columns]
     keep_gt = [c for c in (*metrics.GT_COLUMNS, "iscrowd", "ignore") if c in gt.columns]
     scores = pd.to_numeric(pred["score"], errors="coerce")
