@@ -131,11 +131,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = ap.parse_args(argv)
     refuse_network()
 
-    prof = large_images.PROFILES[args.profile]
-    run = Path(args.run) if args.run else large_images.train_detector(prof)
+    study = large_images.LargeImagesStudy(profile=args.profile, micronuclei=False)
+    study.prepare()
+    prof = study.profile
+    run = Path(args.run) if args.run else study.train_detector()
     weights = run_weights(run) if Path(run).is_dir() else Path(run)
     slice_size = args.slice or prof.patch
-    images, gt = large_images.load_test_images(prof)
+    images, gt = large_images.load_test_images(study.base, study.test_ids), study.gt
     import sahi
 
     print(f"SAHI {sahi.__version__}; detector {weights}; {len(images)} held-out MoNuSeg tiles, {len(gt)} nuclei; "

@@ -82,7 +82,7 @@ def _timed(fn) -> tuple[float, float]:
 
 
 def bench(dataset: Path, *, repeats: int, baseline_images: int) -> pd.DataFrame:
-    napari = viewer._napari()
+    napari = viewer.import_napari()
     from napari.layers import Shapes
 
     truth = load_ground_truth(dataset)

@@ -73,6 +73,7 @@ def test_weights_and_none_keep_everything():
 
 # ----------------------------------------------------------------------------- models
 
+@pytest.mark.slow
 def test_models_build_offline_and_load_local_pretrained_weights(tmp_path):
     import timm
 
@@ -110,6 +111,7 @@ def run(data, tmp_path_factory):
     return train_classifier(data, runs_root=tmp_path_factory.mktemp("runs"), **TRAIN)
 
 
+@pytest.mark.slow
 def test_run_folder_describes_itself(run, data):
     record = json.loads((run / "run.json").read_text())
     assert record["kind"] == "classifier" and record["status"] == "finished"
@@ -133,6 +135,7 @@ def test_run_folder_describes_itself(run, data):
     assert (run / "weights" / "best.pt").is_file() and (run / "weights" / "last.pt").is_file()
 
 
+@pytest.mark.slow
 def test_reloaded_classifier_reproduces_the_val_metrics(run, data):
     clf = load_classifier(run, device="cpu")
     assert clf.classes == CLASSES and clf.spec.size == 32 and clf.in_chans == 3
@@ -148,6 +151,7 @@ def test_reloaded_classifier_reproduces_the_val_metrics(run, data):
         clf.predict_proba(val.crops[..., :2])
 
 
+@pytest.mark.slow
 def test_same_seed_same_run(run, data, tmp_path):
     again = train_classifier(data, runs_root=tmp_path, **TRAIN)
     a = pd.read_csv(run / "metrics.csv").drop(columns="time")
@@ -155,6 +159,7 @@ def test_same_seed_same_run(run, data, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+@pytest.mark.slow
 def test_weights_balance_and_bad_options(data, tmp_path):
     run = train_classifier(data, runs_root=tmp_path, run_name="weighted", balance="weights",
                            classes=["WBC", "RBC"], **{**TRAIN, "epochs": 1})

@@ -10,6 +10,8 @@ import pytest
 from _tiny import tiny_bccd
 from workbench.cli.main import main
 
+pytestmark = pytest.mark.slow  # every test uses the trained module fixture
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):

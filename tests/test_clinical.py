@@ -207,3 +207,36 @@ def test_compare_systems_on_the_same_images(case):
     assert wide.loc["detection_rate", "cascade"] == wide.loc["detection_rate", "detector-only"]
     assert wide.loc["fn_rate", "detector-only"] == 1.0
     assert table_.groupby("system")["n_images"].first().nunique() == 1
+
+
+def test_evaluate_cli_applies_the_score_threshold_to_the_clinical_rates(tmp_path):
+    """Hand-built case: 4 correct boxes at 0.9 and 4 junk boxes at 0.05. At --score-thr 0.5 the
+    junk is below the operating point, so the clinical FP rate is 0 (it was 4/8 when the rates
+    ignored the threshold) and the threshold is recorded."""
+    import json
+
+    from workbench.cli import main
+
+    cells = [(10 + 40 * i, 10, 40 + 40 * i, 40) for i in range(4)]
+    coco = {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 100}],
+            "categories": [{"id": 1, "name": "WBC"}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                             "area": (x2 - x1) * (y2 - y1), "iscrowd": 0} for i, (x1, y1, x2, y2) in enumerate(cells)]}
+    (tmp_path / "gt.json").write_text(json.dumps(coco))
+    good = [("a", x1, y1, x2, y2, "WBC", 0.9) for x1, y1, x2, y2 in cells]
+    junk = [("a", x1, 60, x2, 90, "WBC", 0.05) for x1, _, x2, _ in cells]
+    pd.DataFrame(good + junk, columns=["image", "x1", "y1", "x2", "y2", "class", "score"]).to_csv(
+        tmp_path / "pred.csv", index=False)
+
+    def rates(thr: float) -> dict:
+        out = tmp_path / f"eval_{thr}"
+        assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.csv"),
+                     "--out", str(out), "--positive", "WBC", "--score-thr", str(thr), "--n-boot", "0"]) == 0
+        return json.loads((out / "metrics.json").read_text())["clinical"]
+
+    at_half = rates(0.5)
+    assert at_half["score_thr"] == 0.5
+    assert at_half["overall"]["fp_rate"]["value"] == 0.0
+    assert at_half["overall"]["detection_rate"]["value"] == 1.0
+    at_low = rates(0.01)  # the junk is now above the operating point: 4 of 8 positive predictions are FP
+    assert at_low["overall"]["fp_rate"]["value"] == 0.5

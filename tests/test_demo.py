@@ -6,6 +6,7 @@ import pytest
 from workbench.studies.demo import Job, demo_jobs, run_demo
 
 
+@pytest.mark.slow
 def test_demo_index_links_notebooks_figures_and_tables(tmp_path):
     index = run_demo(out_dir=tmp_path, jobs=[Job("01_dataset_audit", {"dataset": "bccd", "profile": "smoke",
                                                                       "examples": 2}, "BCCD audit")])
@@ -16,6 +17,7 @@ def test_demo_index_links_notebooks_figures_and_tables(tmp_path):
         assert (tmp_path / href).exists()
 
 
+@pytest.mark.slow
 def test_a_failing_job_is_reported_and_fails_the_demo(tmp_path):
     with pytest.raises(RuntimeError, match="demo jobs failed"):
         run_demo(out_dir=tmp_path, jobs=[Job("01_dataset_audit", {"dataset": "no-such-dataset", "profile": "smoke"})])

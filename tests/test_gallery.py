@@ -70,6 +70,7 @@ def test_gallery_navigates_and_shows_metrics(bccd_queue):
                                               pd.DataFrame(columns=["image", "class", *BOX, "score"])))
 
 
+@pytest.mark.slow
 def test_notebook_06_builds_the_queue_and_gallery_without_a_window(tmp_path):
     """With a given prediction table (here: the real GT of BCCD val with every 5th box left out,
     so the run stays well under a minute; the smoke default trains a 1-epoch detector first)."""

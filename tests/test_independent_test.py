@@ -1,5 +1,7 @@
-"""Notebook 05's helpers: grouping columns, the side-by-side rates table, profiles."""
+"""Notebook 05's study: grouping columns, the side-by-side rates table, profiles, cells, classifier reuse."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -46,20 +48,99 @@ def test_rates_wide_puts_systems_side_by_side_with_cis():
 
 
 def test_profiles():
-    assert it.profile_of("smoke").det_epochs == 1
-    assert it.profile_of("full").cls_arch == "resnet34"  # the published classifier
-    assert it.profile_of("modest", det_epochs=3).det_epochs == 3
+    assert it.IndependentTestStudy("bccd", profile="smoke").profile.det_epochs == 1
+    assert it.PROFILES["full"].cls_arch == "resnet34"  # the published classifier
     with pytest.raises(ValueError, match="unknown profile"):
-        it.profile_of("huge")
+        it.IndependentTestStudy("bccd", profile="huge")
+
+
+def test_cells_are_detector_then_classifier_then_evaluation_and_plain_json(tmp_path):
+    study = it.IndependentTestStudy("bccd", profile="smoke", out_dir=tmp_path)
+    det, cls, ev = study.cells()
+    assert [c.config["step"] for c in (det, cls, ev)] == ["detector", "classifier", "evaluation"]
+    assert cls.needs == (det.key,) and ev.needs == (det.key, cls.key)
+    # a later cell finds the earlier cells' runs by the folders derived from their keys
+    runs = tmp_path / "work" / "runs"
+    assert det.config["run"] == cls.config["detector"] == ev.config["detector"] == str(runs / det.key)
+    assert cls.config["run"] == ev.config["classifier"] == str(runs / cls.key)
+    assert [it.Cell.from_dict(json.loads(json.dumps(c.to_dict()))) for c in (det, cls, ev)] == [det, cls, ev]
+
+
+def test_given_runs_skip_training_and_both_or_neither_are_needed(tmp_path):
+    study = it.IndependentTestStudy("mnfinder", profile="smoke", detector=tmp_path / "d", classifier=tmp_path / "c")
+    cls, ev = study.cells()
+    assert not cls.config["train"] and cls.config["run"] == str(tmp_path / "c")
+    assert ev.config["detector"] == str(tmp_path / "d") and ev.needs == (cls.key,)
+    assert study.positive == ["mn"] and study.study_args()["classifier"] == str(tmp_path / "c")
+    with pytest.raises(ValueError, match="give both detector= and classifier="):
+        it.IndependentTestStudy("bccd", detector=tmp_path / "d")
+    with pytest.raises(ValueError, match="give positive="):
+        it.IndependentTestStudy(tmp_path / "my_data")
+
+
+def test_table_rows_round_trip_keeps_columns_dtypes_and_empty_tables():
+    tables = {"a": pd.DataFrame({"image": ["x", "y"], "score": [0.5, np.nan], "changed": [True, False],
+                                 "pred_id": pd.array([1, pd.NA], dtype="Int64")}),
+              "empty": pd.DataFrame(columns=["system", "value"])}
+    rows = it.table_rows(tables)
+    json.dumps(rows)  # plain rows: another process can send them back
+    back = it.tables_from_rows(pd.DataFrame([{"cell": "c", **r} for r in rows]))
+    assert list(back) == ["a", "empty"] and back["empty"].columns.tolist() == ["system", "value"]
+    assert back["a"].columns.tolist() == ["image", "score", "changed", "pred_id"]
+    assert back["a"]["changed"].dtype == bool and np.isnan(back["a"]["score"].iloc[1])
+
+
+def _fake_run(folder, **record):
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps(record))
+    return folder
+
+
+def test_finished_classifier_compares_the_resolved_config_detector_and_data(tmp_path):
+    data = tmp_path / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "images" / "a.png").write_bytes(b"pixels")
+    from workbench.models.runs import dataset_fingerprint
+
+    det = _fake_run(tmp_path / "det", run_id="det", status="finished", finished="2026-01-01T00:00:00+00:00")
+    want = dict(arch="resnet18", crop_size=32, crop_pad=0.15, epochs=1, seed=0, detector=det, dataset=data)
+    record = {"status": "finished", "model": {"arch": "resnet18"}, "crop": {"size": 32, "pad": 0.15},
+              "config": {"epochs": 1, "seed": 0}, "dataset": {"fingerprint": dataset_fingerprint(data)},
+              it.CASCADE_DETECTOR: it.detector_identity(det)}
+    run = _fake_run(tmp_path / "cls", **record)
+    assert it.finished_classifier(run, **want)
+    for change in ({"arch": "resnet34"}, {"crop_size": 64}, {"crop_pad": 0.3}, {"epochs": 2}, {"seed": 1}):
+        assert not it.finished_classifier(run, **{**want, **change}), change
+    (data / "images" / "b.png").write_bytes(b"more")  # other data
+    assert not it.finished_classifier(run, **want)
+    (data / "images" / "b.png").unlink()
+    _fake_run(tmp_path / "det2", run_id="det", status="finished", finished="2026-01-01T00:00:00+00:00")
+    assert not it.finished_classifier(run, **{**want, "detector": tmp_path / "det2"})  # another detector
+    (det / "run.json").write_text(json.dumps({"run_id": "det", "status": "finished", "finished": "2026-02-01"}))
+    assert not it.finished_classifier(run, **want)  # the detector was retrained in the same folder
+    assert not it.finished_classifier(tmp_path / "nothing", **want)
+
+
+def test_worst_images_and_gallery_boxes_flag_missed_cells():
+    cells = pd.DataFrame({"image": ["a", "a", "b", "b", "b", "c"],
+                          "error": ["missed", "correct", "missed", "spurious", "misclassified", "correct"],
+                          "gt_class": ["WBC", "RBC", "RBC", None, "WBC", "RBC"],
+                          "x1": 0.0, "y1": 0.0, "x2": 5.0, "y2": 5.0})
+    assert it.worst_images(cells, 5) == ["b", "a"]
+    cascade = pd.DataFrame({"image": ["a", "b", "c"], "x1": 1.0, "y1": 1.0, "x2": 4.0, "y2": 4.0,
+                            "class": "RBC", "score": 0.9, "final_class": "RBC", "changed": [True, False, False]})
+    shown, titles = it.gallery_boxes(cells, cascade, ["b", "a"])
+    assert len(shown) == 4 and shown["missed"].tolist() == [False, False, True, True]
+    assert shown["changed"].tolist() == [True, False, False, False]
+    assert titles["b"] == "b: 1 missed, 1 misclassified, 1 spurious"
 
 
 def test_every_study_names_its_profiles_the_same_way():
     from workbench.studies import large_images
-    from workbench.studies import large_images_mn
     from workbench.studies import micronuclei
     from workbench.studies.base import pick
 
-    for profiles in (it.PROFILES, large_images.PROFILES, large_images_mn.PROFILES, micronuclei.PROFILES):
+    for profiles in (it.PROFILES, large_images.PROFILES, micronuclei.PROFILES):
         assert {"smoke", "modest", "full"} <= set(profiles)
         assert pick("smoke", profiles) is profiles["smoke"] and pick(profiles["full"], profiles) is profiles["full"]
     with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['full', 'modest', 'smoke'\]"):

@@ -1,4 +1,5 @@
-"""The large-image study's scoring on hand-made tables (the study itself runs in notebook 07)."""
+"""The large-image study's scoring on hand-made tables, its cells and their reuse of notebook 08's
+detectors (the study itself runs in notebook 07)."""
 from __future__ import annotations
 
 import numpy as np
@@ -97,16 +98,15 @@ def test_every_micronucleus_row_reports_boxes_in_native_pixels():
 
     from workbench.studies import large_images_mn
     from workbench.studies import micronuclei
+    from workbench.studies.large_images import GuidedSetting
 
     image = np.full((200, 240), 10, np.uint8)
     image[80:120, 90:130] = 120  # a nucleus
     image[100:104, 136:140] = 255  # its micronucleus, 6 px to the right, centre (138, 102)
     mn = replace(micronuclei.PROFILES["smoke"], scale=2, tile=160)
-    prof = replace(large_images_mn.PROFILES["smoke"], guided=(large_images_mn.GuidedSetting(margin=12, canvas=160),
-                                                              large_images_mn.GuidedSetting(stage1=1.0, margin=12)),
-                   whole_scales=(1.0,))
+    guided = (GuidedSetting(margin=12, canvas=160), GuidedSetting(stage1=1.0, margin=12))
     fake = _BrightBlobs()
-    methods = large_images_mn.make_methods(mn, prof, fake, fake, lambda base, imgsz: base)
+    methods = large_images_mn.make_methods(mn, fake, fake, lambda base, imgsz: base, guided=guided, whole_scales=(1.0,))
     assert [m for m, _, _ in methods] == [ONE_STAGE, TWO_STAGE, TWO_STAGE, WHOLE]
     for method, setting, fn in methods:
         table, info = fn(image)
@@ -124,7 +124,7 @@ def test_every_micronucleus_row_reports_boxes_in_native_pixels():
 def test_guided_settings_are_checked():
     import pytest
 
-    from workbench.studies.large_images_mn import GuidedSetting
+    from workbench.studies.large_images import GuidedSetting
 
     assert GuidedSetting(stage1=0.75).label() == "stage 1 whole x0.75, margin 20, merge 0.5, canvas 640"
     for bad in ({"stage1": 0}, {"margin": -1}, {"region_merge": 2}, {"canvas": 8}):
@@ -137,3 +137,34 @@ def test_imgsz_for_rounds_up_to_the_stride():
 
     assert imgsz_for(869, 3) == 2624 and imgsz_for(1000, 0.25) == 256 and imgsz_for(1000, 0.5) == 512
     assert imgsz_for(10, 1.0) == 32  # never below one stride
+
+
+def test_part_2_runs_notebook_08s_own_detector_cells_in_its_work_folder(tmp_path):
+    """Part 2 trains nothing of its own: its detector cells are notebook 08's (same keys, same
+    config, same run folders), so notebook 08's reuse rule decides whether they are trained."""
+    from dataclasses import replace
+
+    from workbench.studies import micronuclei
+    from workbench.studies.base import Cell
+    from workbench.studies.large_images import PROFILES, LargeImagesStudy
+
+    study = LargeImagesStudy(profile="modest", work_dir=tmp_path)
+    cells = study.cells()
+    assert [c.key for c in cells[:2]] == ["nuclei_yolov8n_p256_s0", "timing"]
+    mn = micronuclei.MicronucleiStudy(profile=replace(micronuclei.PROFILES["modest"], approaches=("guided",)),
+                                      work_dir=tmp_path / "micronuclei")
+    expected = [c for c in mn.cells() if c.key != "evaluate"]
+    wrapped = [Cell.from_dict(c.config["detector_cell"]) for c in cells if "detector_cell" in c.config]
+    assert wrapped == expected
+    assert [c.key for c in expected] == ["mn_native_yolov8n_x1_s0", "mn_upsampled_yolov8n_x3_s0"]
+    assert cells[-1].key == "micronuclei_timing" and set(cells[-1].needs) == {c.key for c in cells[2:4]}
+    assert study.mn.detector_run("upsampled") == tmp_path / "micronuclei" / "runs" / "mn_upsampled_yolov8n_x3_s0_plus16"
+    # rebuilt from its arguments (another process), it finds the same detectors
+    again = LargeImagesStudy(**study.study_args())
+    assert again.mn.work_dir == study.mn.work_dir
+    assert [c.to_dict() for c in again.cells()] == [c.to_dict() for c in cells]
+    # without a work folder, part 2 uses notebook 08's default one: the two notebooks share detectors
+    assert LargeImagesStudy(profile="modest").mn.work_dir == micronuclei.MicronucleiStudy(profile="modest").work_dir
+    assert [c.key for c in LargeImagesStudy(profile="smoke", micronuclei=False).cells()] == [
+        "nuclei_yolov8n_p256_s0", "timing"]
+    assert PROFILES["modest"].train_batch == 16 and PROFILES["modest"].batch == 16  # training vs inference batch

@@ -249,6 +249,7 @@ def test_class_agnostic_matching_agrees_with_pycocotools_usecats0(bccd):
         assert_matches_agree(gt, pred, ev, t)
 
 
+@pytest.mark.slow
 @needs_monuseg
 def test_monuseg_dense_agrees_and_coco_default_truncates(monuseg):
     counts = monuseg.groupby("image").size()

@@ -2,19 +2,24 @@
 nucleus-guided path with constructed detectors."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from workbench.studies import micronuclei
 from workbench.studies.notebooks import error_names, run_notebook
 
 
+@pytest.mark.slow
 def test_micronuclei_notebook_smoke(tmp_path):
-    out = tmp_path / "out"
-    executed = run_notebook("08_micronuclei", {"profile": "smoke", "work_dir": str(tmp_path / "work")}, out_dir=out)
+    executed = run_notebook("08_micronuclei", {"profile": "smoke", "work_dir": str(tmp_path / "work")},
+                            out_dir=tmp_path / "out")
     assert not error_names(executed)
+    out = tmp_path / "out" / "results"
     summary = pd.read_csv(out / "mn_study.csv")
     assert summary["approach"].tolist() == list(micronuclei.APPROACHES)
     rates = summary.filter(like="recall").join(summary.filter(like="precision"))
@@ -33,6 +38,11 @@ def test_micronuclei_notebook_smoke(tmp_path):
         assert g.sort_values("score_thr")["recall"].is_monotonic_decreasing
     for fig in ("mn_frequency_scatter", "mn_criteria"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
+    pred = pd.read_csv(out / "mn_predictions.csv")
+    assert set(pred["approach"]) <= set(micronuclei.APPROACHES) and (pred["score"] >= 0.01).all()
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["run_ids"]) == {"native", "upsampled", "p2"} and study["n_true_mn"] == 183
+    assert [c["key"] for c in study["cells"]][-1] == "evaluate"
 
 
 def _fake_nuclei(arrays):
@@ -84,15 +94,69 @@ def test_scoring_of_constructed_predictions():
                               "time_s": [1.0, 3.0, 0.5, 0.5]})
     prof = micronuclei.PROFILES["smoke"]
     r = micronuclei.score(prof, gt, true_mn, true_nuclei, pred, per_image, images=["a", "b"])
-    t = r.table.set_index("approach")
+    t = r["mn_study"].set_index("approach")
     assert t.loc["good", "mn_recall_centre3"] == 1.0 and t.loc["good", "mn_precision_centre3"] == 1.0
     assert t.loc["good", "mn_recall_iou50"] < 1.0  # 5x5 boxes shifted diagonally by 1 px: IoU 0.47
     assert t.loc["good", "freq_mae"] == 0.0 and t.loc["good", "time_per_image_s"] == 2.0
     assert t.loc["no-mn", "mn_recall_centre3"] == 0.0
-    freq = r.frequency.set_index(["approach", "image"])
+    freq = r["mn_frequency"].set_index(["approach", "image"])
     assert freq.loc[("good", "a"), "true_mn_frequency"] == 0.5 and freq.loc[("no-mn", "a"), "frequency_error"] == -0.5
-    clin = r.clinical.set_index(["approach", "metric"])
+    clin = r["mn_clinical"].set_index(["approach", "metric"])
     assert clin.loc[("good", "fn_rate"), "value"] == 0.0 and bool(clin.loc[("good", "fn_rate"), "passed"])
     assert clin.loc[("no-mn", "fn_rate"), "value"] == 1.0
-    sweep = r.sweep[r.sweep["approach"] == "good"]
+    sweep = r["mn_sweep"][r["mn_sweep"]["approach"] == "good"]
     assert sweep["recall"].is_monotonic_decreasing and sweep["recall"].iloc[0] == 1.0
+
+
+def test_one_cell_per_detector_then_the_evaluation(tmp_path):
+    study = micronuclei.MicronucleiStudy(profile="smoke", work_dir=tmp_path)
+    cells = study.cells()
+    assert [c.key for c in cells] == ["mn_native_yolov8n_x1_s0", "mn_upsampled_yolov8n_x2_s0",
+                                      "mn_p2_yolov8n-p2_x1_s0", "evaluate"]
+    assert cells[-1].needs == tuple(c.key for c in cells[:-1])
+    assert json.loads(json.dumps([c.to_dict() for c in cells])) == [c.to_dict() for c in cells]  # plain JSON
+    # the evaluation finds each detector's run by the path derived from its cell's key
+    assert study.detector_run("native") == tmp_path / "runs" / cells[0].key
+    modest = micronuclei.MicronucleiStudy(profile="modest", work_dir=tmp_path)
+    assert modest.detector_run("upsampled").name == "mn_upsampled_yolov8n_x3_s0_plus16"  # the continued run
+    guided = micronuclei.MicronucleiStudy(profile=replace(modest.profile, approaches=("guided",)), work_dir=tmp_path)
+    assert [c.key for c in guided.cells()] == [c.key for c in modest.cells()[:2]] + ["evaluate"]
+    with pytest.raises(ValueError, match="mnfinder only"):
+        micronuclei.MicronucleiStudy("bccd")
+
+
+def test_detectors_are_shared_with_notebook_07_by_default():
+    from workbench.core.paths import outputs_dir
+
+    study = micronuclei.MicronucleiStudy(profile="modest", out_dir="/tmp/elsewhere")
+    assert study.work_dir == outputs_dir() / "micronuclei" / "modest"
+    assert study.results_dir == Path("/tmp/elsewhere") / "results"
+
+
+def test_a_continued_run_older_than_its_first_run_is_stale(tmp_path):
+    import os
+
+    weights, record = tmp_path / "first" / "best.pt", tmp_path / "continued" / "run.json"
+    for f in (weights, record):
+        f.parent.mkdir()
+        f.write_text("x")
+    os.utime(record, (1_000, 1_000))
+    assert micronuclei.stale(record.parent, weights)  # the first run was trained again since
+    os.utime(record, (weights.stat().st_mtime + 10,) * 2)
+    assert not micronuclei.stale(record.parent, weights)
+    assert not micronuclei.stale(tmp_path / "never-trained", weights)
+
+
+def test_result_rows_round_trip_to_tables():
+    per_image = pd.DataFrame({"approach": ["native", "guided"], "image": ["a", "a"], "time_s": [1.0, 0.5],
+                              "regions": [np.nan, 2.0]})
+    boxes = pd.DataFrame({"x1": [1.0], "y1": [2.0], "x2": [3.0], "y2": [4.0], "class": ["mn"], "score": [0.9],
+                          "image": ["a"], "approach": ["guided"]})
+    rows = micronuclei.measurement_rows(per_image, boxes, part="p")
+    assert [r["kind"] for r in json.loads(json.dumps(rows))] == ["timing", "timing", "box"]  # plain JSON
+    frame = pd.DataFrame([{"kind": "detector", "run_id": "r"}, *rows])  # as the study gathers every cell's rows
+    got = micronuclei.measured(frame, micronuclei.BOXES, list(boxes.columns), part="p")
+    pd.testing.assert_frame_equal(got, boxes)
+    timing = micronuclei.measured(frame, micronuclei.TIMING, ["approach", "time_s", "regions"], part="p")
+    assert timing["time_s"].tolist() == [1.0, 0.5] and np.isnan(timing["regions"].iloc[0])
+    assert micronuclei.measured(frame, micronuclei.TIMING, ["approach"], part="other").empty

@@ -26,6 +26,7 @@ def test_every_notebook_has_a_parameters_cell_and_no_stored_outputs():
 @pytest.mark.parametrize("dataset, classes", [("bccd", {"Platelets": 292, "RBC": 3350, "WBC": 301}),
                                               ("monuseg", {"nucleus": 1010}),
                                               ("mnfinder", {"mn": 341, "nucleus": 399})])
+@pytest.mark.slow
 def test_dataset_audit_notebook(tmp_path, dataset, classes):
     executed = run_notebook("01_dataset_audit", {"dataset": dataset, "profile": "smoke", "examples": 4},
                             out_dir=tmp_path)
@@ -35,19 +36,30 @@ def test_dataset_audit_notebook(tmp_path, dataset, classes):
     assert (tmp_path / "audit" / "figures" / "class_counts.png").exists()
 
 
+@pytest.mark.slow
 def test_pretrain_vs_scratch_notebook_smoke(tmp_path):
-    executed = run_notebook("03_pretrain_vs_scratch", {"target": "bccd", "profile": "smoke"}, out_dir=tmp_path)
+    executed = run_notebook("03_pretrain_vs_scratch", {"dataset": "bccd", "profile": "smoke"}, out_dir=tmp_path)
     assert not error_names(executed)
-    runs = pd.read_csv(tmp_path / "runs.csv")
+    out = tmp_path / "results"
+    runs = pd.read_csv(out / "runs.csv")
     assert set(runs["arm"]) == {"pretrain (source)", "scratch", "fine-tune", "scratch, equal compute"}
     assert runs["map50"].notna().all() and (runs["duration_s"] > 0).all()
     eq = runs[runs["arm"] == "scratch, equal compute"]["epochs"].iloc[0]
     assert eq > runs[runs["arm"] == "scratch"]["epochs"].max()
+    fine = json.loads((tmp_path / "work" / "runs" / "fine-tune_f100_s0" / "run.json").read_text())
+    assert fine["model"]["pretrained"].endswith("pretrain_f100_s0/weights/best.pt")  # the pretraining cell's weights
+    epochs = pd.read_csv(out / "epochs.csv")
+    assert set(epochs["run_id"]) == set(runs["run_id"]) and epochs["mAP50"].between(0, 1).all()
+    for table in ("headline", "summary"):
+        assert len(pd.read_csv(out / f"{table}.csv")) > 0
     for fig in ("map50_vs_epoch", "label_efficiency"):
-        assert (tmp_path / f"{fig}.png").exists() and (tmp_path / f"{fig}.pdf").exists()
-    assert "runs" in (tmp_path / "map50_vs_epoch.caption.txt").read_text()
+        assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
+    assert "runs: pretrain_f100_s0" in (out / "map50_vs_epoch.caption.txt").read_text()
+    study = json.loads((out / "study.json").read_text())
+    assert study["study"] == "03_pretrain_vs_scratch" and len(study["cells"]) == len(runs)
 
 
+@pytest.mark.slow
 def test_model_size_notebook_smoke(tmp_path):
     executed = run_notebook("04_model_size", {"dataset": "bccd", "profile": "smoke"}, out_dir=tmp_path)
     assert not error_names(executed)
@@ -56,39 +68,51 @@ def test_model_size_notebook_smoke(tmp_path):
     assert table["params"].is_monotonic_increasing and (table["latency_ms"] > 0).all()
 
 
+@pytest.mark.slow
 def test_large_images_notebook_smoke(tmp_path):
     executed = run_notebook("07_large_images", {"profile": "smoke", "work_dir": str(tmp_path / "work")},
                             out_dir=tmp_path / "out")
     assert not error_names(executed)
-    out = tmp_path / "out"
+    out = tmp_path / "out" / "results"
     for prefix, n_true in (("", None), ("micronuclei_", 420)):  # part 2: the 3 held-out MNFinder images
         table = pd.read_csv(out / f"{prefix}large_images.csv")
         assert table["method"].tolist()[0] == "one-stage tiled" and set(table["method"]) == {
             "one-stage tiled", "two-stage", "whole image"}
         assert (table["total_s"] > 0).all() and table["speedup"].iloc[0] == 1.0
         assert (out / f"{prefix}time_vs_map50.png").exists() and (out / f"{prefix}time_vs_map50.pdf").exists()
+        assert set(pd.read_csv(out / f"{prefix}per_image.csv")["method"]) == set(table["method"])
         if n_true:
             assert (table["n_true"] == n_true).all() and (table["n_true_mn"] == 183).all()
             assert table["mn_recall"].between(0, 1).all() and table["cells_in_regions"].iloc[1:2].between(0, 1).all()
+    study = json.loads((out / "study.json").read_text())
+    assert study["micronuclei"]["run_ids"] == {"native": "mn_native_yolov8n_x1_s0",
+                                               "upsampled": "mn_upsampled_yolov8n_x2_s0"}
+    assert (tmp_path / "work" / "micronuclei" / "runs" / "mn_native_yolov8n_x1_s0" / "run.json").exists()
 
 
+@pytest.mark.slow
+# n_test: the profile's cap on test images; None: all that the hold-out of MNFinder's 3 vendored val images gives
 @pytest.mark.parametrize("dataset, group_by, n_test, positive", [("bccd", "density", 6, ["WBC", "Platelets"]),
-                                                                  ("mnfinder", "set", 2, ["mn"])])
+                                                                  ("mnfinder", "set", None, ["mn"])])
 def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, positive):
     executed = run_notebook("05_independent_test", {"dataset": dataset, "group_by": group_by, "profile": "smoke",
                                                     "work_dir": str(tmp_path / "work")}, out_dir=tmp_path / "out")
     assert not error_names(executed)
-    out = tmp_path / "out"
+    out = tmp_path / "out" / "results"
     rates = pd.read_csv(out / "rates.csv")
     assert set(rates["system"]) == {"detector-only", "cascade"}
     assert set(rates["metric"]) == {"detection_rate", "classification_rate", "fp_rate", "fn_rate"}
     assert "all" in set(rates["group"]) and len(set(rates["group"])) > 1  # overall and per group
-    settings = json.loads((out / "settings.json").read_text())
-    assert settings["split"] == "test" and settings["test_images"] == n_test and settings["positive"] == positive
+    settings = json.loads((out / "study.json").read_text())
+    meta = pd.read_csv(f"{settings['data']}/meta.csv")
+    n_test = n_test or int((meta["split"] == "test").sum())
+    assert settings["split"] == "test" and settings["test_images"] == n_test > 0 and settings["positive"] == positive
+    assert [c["config"]["step"] for c in settings["cells"]] == ["detector", "classifier", "evaluation"]
     cascade = pd.read_csv(out / "predictions_cascade.csv")
     assert {"det_class", "det_score", "cls_class", "cls_prob", "final_class", "changed"} <= set(cascade.columns)
     pf = pd.read_csv(out / "pass_fail.csv")
     assert {"target", "passed", "passed_ci"} <= set(pf.columns)
+    assert len(pd.read_csv(out / "stats_counts_truth.csv")) == n_test  # one row per test image
     for fig in ("class_share", "cell_size", "neighbourhood", "worst_overlays"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
 

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import BCCD
+
+pytestmark = pytest.mark.slow  # each test runs a fresh interpreter on real data (~1 min together)
 
 TESTS = Path(__file__).resolve().parent
 

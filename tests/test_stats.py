@@ -274,6 +274,7 @@ def test_bccd_sizes(bccd):
     assert np.allclose(rbc.groupby("image")["rel_normal_area"].mean(), 1.0)
 
 
+@pytest.mark.slow
 def test_bccd_neighbourhood_matches_brute_force(bccd):
     n = stats.neighbourhood_counts(bccd.objects, bccd.images, positive=POS, normal=NOR, groups="split")
     assert len(n) == 593 * 4
@@ -304,6 +305,7 @@ def test_bccd_flag_per_image_agrees_with_counts(bccd):
     assert f["flagged"].sum() == int((c["RBC"] > 15).sum()) > 0
 
 
+@pytest.mark.slow
 def test_bccd_figures(bccd):
     c = stats.per_image_counts(bccd.objects, bccd.images, groups="split")
     r = stats.positive_ratio(bccd.objects, bccd.images, positive=POS, normal=NOR, groups="split")

@@ -8,7 +8,7 @@ from conftest import checksums
 from workbench.data.canonical import load_dataset, read_meta
 from workbench.data.subsets import choose, subset_dataset
 from workbench.studies.pretrain_vs_scratch import (
-    EQUAL, FINETUNE, PROFILES, SCRATCH, TransferProfile, TransferResult, equal_compute_epochs, headline)
+    EQUAL, FINETUNE, PRETRAIN, SCRATCH, TransferProfile, epoch_table, equal_compute_epochs, headline, summary)
 
 
 def test_subsets_are_nested_deterministic_and_leave_the_source_alone(bccd_canonical, tmp_path):
@@ -50,7 +50,42 @@ def test_headline_is_fine_tune_minus_scratch_per_seed():
         {"arm": EQUAL, "seed": 0, "fraction": 1.0, "map50": 0.40, "map50_95": 0.15},
         {"arm": FINETUNE, "seed": 0, "fraction": 0.5, "map50": 0.99, "map50_95": 0.99},
     ])
-    h = headline(TransferResult(PROFILES["smoke"], runs, pd.DataFrame()))
+    h = headline(runs)
     assert h.loc[0, "map50: fine-tune - scratch"] == pytest.approx(0.15)
     assert h.loc[0, "map50: fine-tune - equal-compute scratch"] == pytest.approx(0.05)
     assert h.loc[0, "map50_95: fine-tune - scratch"] == pytest.approx(0.10)
+
+
+def test_summary_and_epoch_table_are_flat_tables_over_seeds():
+    runs = pd.DataFrame([
+        {"arm": PRETRAIN, "seed": 0, "fraction": 1.0, "map50": 0.9, "map50_95": 0.5, "duration_s": 9.0, "run_id": "p"},
+        {"arm": SCRATCH, "seed": 0, "fraction": 1.0, "map50": 0.2, "map50_95": 0.1, "duration_s": 2.0, "run_id": "a"},
+        {"arm": SCRATCH, "seed": 1, "fraction": 1.0, "map50": 0.4, "map50_95": 0.3, "duration_s": 4.0, "run_id": "b"},
+    ])
+    s = summary(runs)
+    assert s["arm"].tolist() == [SCRATCH]  # pretraining is not an arm of the comparison
+    assert s.loc[0, ["map50_mean", "map50_min", "map50_max"]].tolist() == pytest.approx([0.3, 0.2, 0.4])
+    curves = runs.assign(curve=[[{"epoch": 1, "mAP50": 0.1, "mAP50_95": 0.0}, {"epoch": 2, "mAP50": 0.2, "mAP50_95": 0.1}],
+                                [], [{"epoch": 1, "mAP50": 0.3, "mAP50_95": 0.2}]])
+    ep = epoch_table(curves)
+    assert ep["run_id"].tolist() == ["p", "p", "b"] and ep["epoch"].tolist() == [1, 2, 1]
+    assert ep.loc[2, "arm"] == SCRATCH and ep.loc[2, "mAP50"] == pytest.approx(0.3)
+    assert list(epoch_table(runs.assign(curve=[[], [], []])).columns) == list(ep.columns)
+
+
+def test_cells_one_per_arm_seed_and_fraction_fine_tune_needs_its_seeds_pretraining(tmp_path):
+    import json
+
+    from workbench.studies.pretrain_vs_scratch import PretrainVsScratchStudy
+
+    prof = TransferProfile("t", seeds=(0, 1), fractions=(0.5, 1.0))
+    study = PretrainVsScratchStudy("bccd", profile=prof, out_dir=tmp_path)
+    cells = study.cells()
+    keys = [c.key for c in cells]
+    assert len(keys) == len(set(keys)) == 2 * (1 + 2 * 2 + 1)  # per seed: pretrain, 2 arms x 2 fractions, equal
+    assert keys[:6] == ["pretrain_f100_s0", "scratch_f50_s0", "fine-tune_f50_s0", "scratch_f100_s0",
+                        "fine-tune_f100_s0", "scratch-eq_f100_s0"]
+    for c in cells:
+        json.dumps(c.to_dict())  # plain JSON, runnable elsewhere
+        assert c.needs == ((f"pretrain_f100_s{c.config['seed']}",) if c.config["arm"] == FINETUNE else ())
+    assert study.run_dir("pretrain_f100_s1") == tmp_path / "work" / "runs" / "pretrain_f100_s1"

@@ -9,14 +9,12 @@ import argparse
 import json
 from pathlib import Path
 
-
-def _names(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+from workbench.cli.args import csv_list
 
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(t) for t in _names(text)]
+        return [float(t) for t in csv_list(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
@@ -153,12 +151,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("dataset", type=Path, help="canonical dataset with train and val splits")
     t.add_argument("--arch", default="resnet34", help="any timm architecture (resnet18, efficientnet_b0, ...)")
     t.add_argument("--pretrained", type=Path, help="local weights file for --arch (never downloaded)")
-    t.add_argument("--classes", type=_names, help="classes to learn, e.g. RBC,WBC,Platelets (default all)")
+    t.add_argument("--classes", type=csv_list, help="classes to learn, e.g. RBC,WBC,Platelets (default all)")
     _crop_options(t)
     t.add_argument("--balance", default="equal", choices=["equal", "ratio", "weights", "none"],
                    help="equal: as many normal as positive cells, drawn at random (published); "
                         "ratio: --ratio normal per positive; weights: inverse-frequency loss weights")
-    t.add_argument("--negative", type=_names, help="normal class(es) (default: the most frequent class)")
+    t.add_argument("--negative", type=csv_list, help="normal class(es) (default: the most frequent class)")
     t.add_argument("--ratio", type=float, default=1.0)
     t.add_argument("--epochs", type=int, default=30)
     t.add_argument("--patience", type=int, default=5, help="epochs without val improvement before stopping")
@@ -223,7 +221,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     x.add_argument("dataset", type=Path)
     x.add_argument("--out", required=True, type=Path)
     x.add_argument("--split")
-    x.add_argument("--classes", type=_names)
+    x.add_argument("--classes", type=csv_list)
     x.add_argument("--overwrite", action="store_true")
     _crop_options(x)
     x.set_defaults(func=_crops)

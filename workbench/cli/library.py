@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from workbench.cli.args import csv_list, pair
+
 
 def _levels_arg(text: str) -> list[int]:
     """``0-2`` -> [0, 1, 2]; ``0,1,3`` -> [0, 1, 3]."""
@@ -55,7 +57,7 @@ def _cmd_compose(a: argparse.Namespace) -> int:
     positive = set(objs.loc[objs["class"].isin(a.positive_class or []), "image_id"].astype(str))
     table = images.assign(**{LEVEL: lv.table[LEVEL].to_numpy(), "group": group.to_numpy(),
                              "positive": images["image_id"].isin(positive).to_numpy()})
-    groups = [g.strip() for g in a.groups.split(",")]
+    groups = csv_list(a.groups)
     comp = compose(table[train], n=a.n, ratios=parse_ratios(a.ratios, groups), by="group",
                    min_positive=a.min_positive, levels=_levels_arg(a.levels) if a.levels else None,
                    fill=a.fill, seed=a.seed)
@@ -84,7 +86,7 @@ def _cmd_add(a: argparse.Namespace) -> int:
     ids = None
     if a.ids:
         ids = tuple(line.strip() for line in Path(a.ids).read_text(encoding="utf-8").splitlines() if line.strip())
-    meta = dict(kv.split("=", 1) for kv in a.meta or [])
+    meta = dict(a.meta or [])
     add_batch(a.library, Batch(a.name, Path(a.dataset), ids, meta, a.weight, a.split), a.out, overwrite=a.overwrite)
     m = read_meta(a.out)
     print(f"wrote {a.out}: {dict(m['batch'].value_counts())} images per batch")
@@ -132,7 +134,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ad.add_argument("--ids", type=Path, help="file with one image id per line (default: all images)")
     ad.add_argument("--weight", type=int, default=1, help="repeat factor of its training images")
     ad.add_argument("--split", choices=["train", "val", "test"], help="force its images into this split")
-    ad.add_argument("--meta", action="append", help="key=value (date, centre, dose_group, style_level, ...)")
+    ad.add_argument("--meta", action="append", type=pair, help="key=value (date, centre, dose_group, style_level, ...)")
     ad.add_argument("--out", type=Path, required=True)
     ad.add_argument("--overwrite", action="store_true")
     ad.set_defaults(func=_cmd_add)

@@ -5,11 +5,13 @@ import argparse
 import json
 from pathlib import Path
 
+from workbench.cli.args import csv_list, param
+
 
 def _train(a: argparse.Namespace) -> int:
     from workbench.models.yolo import train
 
-    overrides = dict(_kv(p) for p in a.set)
+    overrides = dict(a.set)
     run = train(a.dataset, model=a.model, epochs=a.epochs, imgsz=a.imgsz, batch=a.batch, seed=a.seed,
                 device=a.device, pretrained=a.pretrained, run_name=a.name or a.resume,
                 runs_root=a.runs_root, resume=bool(a.resume), workers=a.workers, max_det=a.max_det,
@@ -50,8 +52,11 @@ def _evaluate(a: argparse.Namespace) -> int:
         from workbench.evaluation.clinical import clinical_report
 
         def extra(gt, pred):
+            # the same operating point as P/R/F1: predictions made at conf 0.001 for mAP must not
+            # count their low-score boxes as false positives
             return {"clinical": clinical_report(gt.boxes, pred, positive=a.positive, group_by=a.group_by,
-                                                meta=gt.meta, n_boot=a.n_boot, seed=a.seed)}
+                                                meta=gt.meta, n_boot=a.n_boot, seed=a.seed,
+                                                score_thr=a.score_thr, iou_thr=a.iou_thr)}
     elif a.group_by:
         raise ValueError("--group-by needs --positive (it groups the clinical rates)")
     out = evaluate_files(a.gt, a.pred, a.out, split=a.split, max_dets=a.max_dets, score_thr=a.score_thr,
@@ -59,16 +64,6 @@ def _evaluate(a: argparse.Namespace) -> int:
     doc = json.loads((Path(out) / "metrics.json").read_text())
     print(f"mAP50 {doc['map50']}, mAP50-95 {doc['map50_95']} (max_dets {doc['max_dets']}) -> {out}/metrics.json")
     return 0
-
-
-def _kv(text: str):
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise ValueError(f"--set takes KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -86,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--name", help="run id (default: date_dataset_model_seed)")
     t.add_argument("--runs-root", type=Path)
     t.add_argument("--resume", metavar="RUN_ID", help="continue an interrupted run")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="other ultralytics options, e.g. lr0=0.005")
+    t.add_argument("--set", action="append", default=[], type=param, metavar="KEY=VALUE", help="other ultralytics options, e.g. lr0=0.005")
     t.set_defaults(func=_train)
 
     p = sub.add_parser("predict", help="predict boxes into a prediction table (CSV/parquet)")
@@ -118,11 +113,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--split", help="evaluate one split of a canonical dataset")
     e.add_argument("--max-dets", type=int, help="detections kept per image and class (default: above the densest image)")
-    e.add_argument("--score-thr", type=float, default=0.5, help="for precision/recall/F1, counts, confusion")
+    e.add_argument("--score-thr", type=float, default=0.5,
+                   help="operating point (score threshold) for precision/recall/F1, counts, the confusion "
+                        "matrix and the clinical rates (mAP uses every score)")
     e.add_argument("--iou-thr", type=float, default=0.5)
     e.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples over images (0: none)")
     e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--positive", type=lambda s: [c.strip() for c in s.split(",") if c.strip()],
+    e.add_argument("--positive", type=csv_list,
                    help="positive classes: adds clinical rates to metrics.json")
     e.add_argument("--group-by", help="meta column for per-group clinical rates")
     e.set_defaults(func=_evaluate)

@@ -33,3 +33,10 @@ VENDORED = {
 }
 # The format each vendored dataset is in (the `convert --format` value).
 VENDORED_FORMAT = {"bccd": "voc", "monuseg": "monuseg", "mnfinder": "masks"}
+# Each vendored dataset's positive classes: the cells a clinical rate counts as findings, and
+# what a training library's minimum positive share counts (every other class is normal).
+POSITIVE_CLASSES: dict[str, tuple[str, ...]] = {
+    "bccd": ("WBC", "Platelets"),  # against RBC
+    "monuseg": ("nucleus",),  # one class: every nucleus
+    "mnfinder": ("mn",),  # micronuclei, against nucleus
+}

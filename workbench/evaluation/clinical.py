@@ -46,7 +46,8 @@ ALL = "all"
 NO_GROUP = "(none)"
 DEFINITIONS = {
     "matching": "one class-agnostic COCO greedy matching (workbench.evaluation.metrics.match, class_agnostic=True) "
-                "at IoU >= iou_thr; all predictions used (no max_dets cap)",
+                "at IoU >= iou_thr of the predictions scoring >= score_thr (the operating point; all of them "
+                "when score_thr is null), with no max_dets cap",
     "detection_rate": "GT cells matched by any prediction / GT cells",
     "classification_rate": "matched GT cells whose prediction has the GT's exact class / matched GT cells",
     "fp_rate": "predictions of a positive class not matched to a positive GT cell (spurious, or matched to "

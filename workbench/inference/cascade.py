@@ -27,7 +27,6 @@ detector runs on those arrays and the classifier on all crops of the chunk in ba
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +38,7 @@ import pandas as pd
 from workbench.evaluation import clinical
 from workbench.evaluation import metrics
 from workbench.core.atomic import write_text
+from workbench.core.tables import PREDICTION_COLUMNS, empty_predictions, utc_now
 from workbench.models.classifier import Classifier, load_classifier
 from workbench.models.crops import as_rgb, crop_table, read_rgb
 from workbench.core.device import pick_device
@@ -47,9 +47,8 @@ from workbench.core.images import to_uint8
 CASCADE_FILE = "cascade.json"
 DEFAULT_DET_CONF = 0.5
 DEFAULT_CLS_THR = 0.0
-PRED_COLUMNS = ["image", "x1", "y1", "x2", "y2", "class", "score"]
 EXTRA_COLUMNS = ["det_class", "det_score", "cls_class", "cls_prob", "final_class", "final_prob", "changed"]
-COLUMNS = PRED_COLUMNS + EXTRA_COLUMNS
+COLUMNS = PREDICTION_COLUMNS + EXTRA_COLUMNS
 OBJECTIVES = ("f1", "macro_f1", "correct_rate")
 DEFAULT_DET_GRID = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 DEFAULT_CLS_GRID = (0.0, 0.3, 0.5, 0.7, 0.9)
@@ -79,7 +78,7 @@ def write_cascade(classifier_run: str | Path, *, detector: str | Path | None, de
     if not (run / "run.json").is_file():
         raise FileNotFoundError(f"{run}: not a classifier run folder (no run.json)")
     _check_thresholds(det_conf, cls_thr)
-    doc = {"format": "workbench-cascade/1", "created": _now(),
+    doc = {"format": "workbench-cascade/1", "created": utc_now(),
            "detector": str(Path(detector).expanduser().resolve()) if detector is not None else None,
            "det_conf": float(det_conf), "cls_thr": float(cls_thr),
            "rule": "final_class = cls_class if cls_prob >= cls_thr else det_class; "
@@ -136,9 +135,8 @@ def detector_only(cascade: pd.DataFrame) -> pd.DataFrame:
 
 
 def empty_table() -> pd.DataFrame:
-    return fuse(pd.DataFrame({"image": pd.Series(dtype=str), **{c: pd.Series(dtype=float) for c in ("x1", "y1", "x2", "y2")},
-                              "class": pd.Series(dtype=str), "score": pd.Series(dtype=float)}),
-                np.zeros((0, 1)), ["?"])
+    """A cascade table with no rows (the prediction columns and the cascade's own)."""
+    return fuse(empty_predictions(), np.zeros((0, 1)), ["?"])
 
 
 # ----------------------------------------------------------------------------- inference
@@ -173,7 +171,7 @@ def _raw(classifier: Classifier, source: Any, *, detector: Any, split: str | Non
         crops = crop_table(det, pixels, classifier.spec, extra=extra)
         tables.append(det)
         probs.append(classifier.predict_proba(crops, batch=cls_batch))
-    det = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=PRED_COLUMNS)
+    det = pd.concat(tables, ignore_index=True) if tables else empty_predictions()
     p = np.concatenate(probs) if probs else np.zeros((0, len(classifier.classes)), np.float32)
     return det, p
 
@@ -307,9 +305,6 @@ def tune_thresholds(classifier: str | Path | Classifier, dataset: str | Path, *,
 
 # ----------------------------------------------------------------------------- errors
 
-ERROR_KINDS = ("correct", "missed", "misclassified", "spurious")
-
-
 def attribute_errors(gt: pd.DataFrame, pred: pd.DataFrame, *, iou_thr: float = 0.5,
                      images: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Which stage each error comes from, from ONE class-agnostic matching.
@@ -377,7 +372,3 @@ def attribute_errors(gt: pd.DataFrame, pred: pd.DataFrame, *, iou_thr: float = 0
                                              "misclassified": "classifier", "broken_by_classifier": "classifier",
                                              "fixed_by_classifier": "classifier"}).fillna("")
     return table, summary
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -17,7 +17,6 @@ corrected labels as YOLO/COCO/labelme from ``OUT/dataset`` (:func:`export_versio
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from workbench.core.atomic import write_text
+from workbench.core.tables import utc_now
 
 __all__ = ["FeedbackResult", "compare_models", "export_version", "finetune_on_version"]
 
@@ -127,7 +127,7 @@ def finetune_on_version(run: str | Path, dataset: str | Path, out: str | Path, *
     table = compare_models({"before": run, "after": after}, {"corrected": corrected, "original": dataset},
                            split=split, conf=conf, device=device, out=out)
     table.to_csv(out / "compare.csv", index=False)
-    doc = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    doc = {"created": utc_now(),
            "dataset": str(dataset.resolve()), "version": name, "materialised": str(corrected.resolve()),
            "run_before": str(run.resolve()), "weights_before": str(weights), "run_after": str(after),
            "epochs": epochs, "imgsz": imgsz or settings["imgsz"], "split": split, "conf": conf,

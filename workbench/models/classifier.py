@@ -23,7 +23,6 @@ CPU.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 import sys
@@ -38,6 +37,7 @@ import pandas as pd
 import torch
 
 from workbench.core.atomic import write_text
+from workbench.core.tables import utc_now
 from workbench.models.balance import balance_indices
 from workbench.models.crops import CropSet, CropSpec, gt_crops
 from workbench.core.device import all_cpu_threads, describe_device, pick_device
@@ -265,7 +265,7 @@ def train_classifier(dataset: str | Path, *, arch: str = DEFAULT_ARCH, classes: 
     split_counts = {s: {c: int(n) for c, n in zip(names, np.bincount(cs.labels, minlength=len(names)))}
                     for s, cs in (("train_balanced", train_set), (val_split, val_set))}
     record = {
-        "run_id": run_id, "kind": "classifier", "status": "running", "created": _now(),
+        "run_id": run_id, "kind": "classifier", "status": "running", "created": utc_now(),
         "finished": None, "duration_s": None,
         "dataset": {"path": str(root_ds), "name": root_ds.name, "fingerprint": dataset_fingerprint(root_ds),
                     "crops": split_counts,
@@ -283,10 +283,10 @@ def train_classifier(dataset: str | Path, *, arch: str = DEFAULT_ARCH, classes: 
         best = _fit(clf, train_set, val_set, run_dir, balance_record, config, verbose=verbose)
     except BaseException as exc:
         update_run_record(run_dir, status="interrupted" if isinstance(exc, KeyboardInterrupt) else "failed",
-                          finished=_now(), duration_s=round(time.perf_counter() - start, 2),
+                          finished=utc_now(), duration_s=round(time.perf_counter() - start, 2),
                           error=f"{type(exc).__name__}: {exc}")
         raise
-    update_run_record(run_dir, status="finished", finished=_now(),
+    update_run_record(run_dir, status="finished", finished=utc_now(),
                       duration_s=round(time.perf_counter() - start, 2), error=None, **best)
     return run_dir
 
@@ -358,7 +358,3 @@ def _fit(clf: Classifier, train_set: CropSet, val_set: CropSet, run_dir: Path,
                                                         "state_dict": model.state_dict()})
     return {"best_epoch": best_epoch, "best_metrics": best_row, "epochs_completed": len(rows),
             "stopped_early": len(rows) < epochs}
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

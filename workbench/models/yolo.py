@@ -26,7 +26,6 @@ memory, so fix ``batch`` for comparable runs.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import math
 import re
@@ -39,6 +38,7 @@ from typing import Any, Callable, Iterator, Mapping
 import yaml
 
 from workbench.core.atomic import write_text
+from workbench.core.tables import utc_now
 from workbench.data.canonical import read_classes, read_meta
 from workbench.core.device import default_batch, default_workers, describe_device, pick_device, use_amp
 from workbench.core.offline import configure_ultralytics
@@ -281,7 +281,7 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
     meta = read_meta(yml.parent)
     record = {
         "run_id": run_id, "status": "running",
-        "created": _now(), "finished": None, "duration_s": None,
+        "created": utc_now(), "finished": None, "duration_s": None,
         "dataset": {"path": str(yml.parent), "yaml": str(yml), "name": yml.parent.name,
                     "classes": read_classes(yml.parent),
                     "images": {s: int((meta["split"] == s).sum()) for s in ("train", "val", "test")},
@@ -344,7 +344,7 @@ def resume_run(run_dir: str | Path, *, device: str | None = None, workers: int |
     from ultralytics import YOLO
 
     yolo = YOLO(str(last))
-    record["resumed"] = [*record.get("resumed", []), {"at": _now(), "device": dev}]
+    record["resumed"] = [*record.get("resumed", []), {"at": utc_now(), "device": dev}]
     record.update(status="running", error=None)
     write_run_record(run_dir, record)
     _add_callbacks(yolo, callbacks)
@@ -368,7 +368,7 @@ def _run(yolo, run_dir: Path, args: dict[str, Any], imgsz: int) -> None:
 
 def _finish(run_dir: Path, yolo, status: str, seconds: float, imgsz: int, error: str | None = None) -> None:
     record = read_run_record(run_dir)
-    changes: dict[str, Any] = {"status": status, "finished": _now(), "error": error,
+    changes: dict[str, Any] = {"status": status, "finished": utc_now(), "error": error,
                                "duration_s": round((record.get("duration_s") or 0) + seconds, 2)}
     results = run_dir / "results.csv"
     if results.is_file():
@@ -400,7 +400,3 @@ def _add_callbacks(yolo, callbacks: Callbacks | None) -> None:
     for event, fns in (callbacks or {}).items():
         for fn in fns if isinstance(fns, (list, tuple)) else [fns]:
             yolo.add_callback(event, fn)
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,11 +1,22 @@
-"""Saving figures for papers: PNG (300 dpi) + PDF, with the caption and provenance embedded."""
+"""One figure style and saving figures for papers: the colour palette, PNG (300 dpi) + PDF with the
+caption and provenance embedded."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import seaborn as sns
 from matplotlib.figure import Figure
+
+
+def palette(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
+    """One colour per name, in order, from seaborn's colour-blind safe palette (RGB 0-1).
+
+    Every plot colours groups, classes and arms through this, so a name keeps its colour
+    within a figure and figures look alike.
+    """
+    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
 
 
 def save_figure(fig: Figure, stem: str | Path, *, caption: str = "", provenance: dict[str, Any] | None = None,

@@ -15,6 +15,8 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
+from workbench.report.figures import palette
+
 SPLIT_ORDER = ["train", "val", "test", "(none)"]
 DENSITY_ORDER = ["unlabelled", "empty", "sparse", "clustered", "dense"]
 
@@ -22,10 +24,6 @@ DENSITY_ORDER = ["unlabelled", "empty", "sparse", "clustered", "dense"]
 def _splits(values: pd.Series) -> list[str]:
     present = set(values.replace("", "(none)"))
     return [s for s in SPLIT_ORDER if s in present] + sorted(present - set(SPLIT_ORDER))
-
-
-def _palette(names: Sequence[str]) -> dict[str, tuple]:
-    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
 
 
 def _plain_log_ticks(axis) -> None:
@@ -58,7 +56,7 @@ def box_size_distribution(objects: pd.DataFrame, *, classes: Sequence[str] | Non
     for ax, col, label in zip(axes, ["width_px", "height_px"], ["box width (px)", "box height (px)"]):
         if len(df):
             sns.histplot(df, x=col, hue="class", hue_order=classes, log_scale=True, element="step",
-                         palette=_palette(classes), ax=ax, bins=40)
+                         palette=palette(classes), ax=ax, bins=40)
             _plain_log_ticks(ax.xaxis)
         ax.set(xlabel=label, ylabel="boxes")
     fig.suptitle(title)
@@ -126,7 +124,7 @@ def example_grid(images: Sequence[np.ndarray], boxes: Sequence[pd.DataFrame | np
     for b in boxes:
         if isinstance(b, pd.DataFrame) and "class" in b:
             names += [c for c in dict.fromkeys(b["class"].astype(str)) if c not in names]
-    colours = _palette(names)
+    colours = palette(names)
     fig = Figure(figsize=(panel_size * ncols, panel_size * nrows * 0.8 + 0.4), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax in axes:

@@ -14,11 +14,9 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from workbench.report.figures import palette
+
 NONE = "(none)"
-
-
-def _palette(names: Sequence[str]) -> dict[str, tuple]:
-    return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
 
 
 def _group_values(df: pd.DataFrame, group: str | None) -> tuple[pd.DataFrame, str, list[str]]:
@@ -41,10 +39,9 @@ def _finite(df: pd.DataFrame, y: str) -> tuple[pd.DataFrame, int]:
 def _box_and_points(ax, df: pd.DataFrame, *, x: str, y: str, order: list[str], hue: str | None = None,
                     hue_order: list[str] | None = None, log: bool = False) -> None:
     """Box plot without fliers (every point is drawn) plus one jittered point per row."""
-    palette = _palette(hue_order) if hue else None
     kw = dict(data=df, x=x, y=y, order=order, ax=ax, log_scale=log or None)
     if hue:
-        kw.update(hue=hue, hue_order=hue_order, palette=palette)
+        kw.update(hue=hue, hue_order=hue_order, palette=palette(hue_order))
     sns.boxplot(**kw, showfliers=False, fill=False, **({} if hue else {"color": "0.35"}))
     sns.stripplot(**kw, dodge=bool(hue), size=3, alpha=0.6, jitter=0.25, legend=False,
                   **({} if hue else {"color": "C0"}))
@@ -103,7 +100,7 @@ def class_share_pie(counts: pd.DataFrame, classes: Sequence[str], *, group: str 
     if missing:
         raise ValueError(f"class column(s) {missing} are not in the counts table")
     df, gcol, order = _group_values(counts, group)
-    colours = _palette(list(classes))
+    colours = palette(list(classes))
     fig = Figure(figsize=(3.6 * len(order) + 0.5, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(order), squeeze=False)).ravel()
     for ax, g in zip(axes, order):
@@ -146,7 +143,7 @@ def cell_size_violins(sizes: pd.DataFrame, *, group: str | None = None, log: boo
             dropped += int((~pos).sum())
             d = d[pos]
         if len(d):
-            kw = dict(hue=gcol, hue_order=order, palette=_palette(order)) if group else {"color": "C0"}
+            kw = dict(hue=gcol, hue_order=order, palette=palette(order)) if group else {"color": "C0"}
             sns.violinplot(d, x="class", y=y, order=classes, ax=ax, cut=0, inner="quart",
                            density_norm="width", log_scale=log or None, linewidth=0.8, **kw)
         ax.set(xlabel="", ylabel=label)
@@ -179,7 +176,7 @@ def neighbourhood_curves(neigh: pd.DataFrame, *, group: str | None = None,
         raise ValueError(f"neighbourhood table lacks column(s) {missing}")
     df, gcol, order = _group_values(neigh, group)
     per_image = df.groupby([gcol, "image", "k"], sort=True)["n_neighbours"].mean().reset_index()
-    colours = _palette(order)
+    colours = palette(order)
     fig = Figure(figsize=(5.5, 4), layout="constrained")
     ax = fig.subplots()
     for g in order:
@@ -212,7 +209,7 @@ def flag_bars(flags: pd.DataFrame, flag_col: str = "flagged", *, group: str | No
     fig = Figure(figsize=(max(4.0, 1.0 * len(order) + 2.5), 3.6), layout="constrained")
     ax = fig.subplots()
     share = (s["sum"] / s["size"].where(s["size"] > 0)).fillna(0).to_numpy()
-    bars = ax.bar(order, share, color=[_palette(order)[g] for g in order])
+    bars = ax.bar(order, share, color=[palette(order)[g] for g in order])
     ax.bar_label(bars, labels=[f"{int(a)}/{int(b)}" for a, b in zip(s["sum"], s["size"])], fontsize=8)
     ax.set(ylim=(0, 1.05), ylabel=f"share {flag_col}", xlabel=group or "",
            title=title or flags.attrs.get("rule", flag_col))

@@ -7,8 +7,9 @@ matplotlib.use("Agg", force=False)
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+
+from workbench.report.figures import palette  # noqa: E402
 
 
 def pr_curves(curves: pd.DataFrame, *, iou_thr: float = 0.5, title: str = "Precision-recall") -> Figure:
@@ -28,11 +29,11 @@ def metric_curves(table: pd.DataFrame, *, x: str = "epoch", y: str = "mAP50", hu
                   title: str = "", ylabel: str | None = None) -> Figure:
     """Mean over seeds with the spread (min..max) shaded, one line per ``hue`` value."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
-    palette = dict(zip(sorted(table[hue].unique()), sns.color_palette("colorblind", table[hue].nunique())))
+    colours = palette(sorted(table[hue].unique()))
     for arm, g in table.groupby(hue, sort=True):
         s = g.groupby(x)[y].agg(["mean", "min", "max", "count"]).reset_index()
-        ax.plot(s[x], s["mean"], marker="o", ms=3, color=palette[arm], label=f"{arm} (n={int(s['count'].max())})")
-        ax.fill_between(s[x], s["min"], s["max"], color=palette[arm], alpha=0.2, linewidth=0)
+        ax.plot(s[x], s["mean"], marker="o", ms=3, color=colours[arm], label=f"{arm} (n={int(s['count'].max())})")
+        ax.fill_between(s[x], s["min"], s["max"], color=colours[arm], alpha=0.2, linewidth=0)
     ax.set(xlabel=x, ylabel=ylabel or y, title=title)
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)

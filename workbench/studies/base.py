@@ -214,6 +214,19 @@ class Study:
                           runs_root=run_dir.parent, **train_args))
 
     @property
+    def grid_dir(self) -> Path:
+        """Where ``python -m workbench grid`` keeps this study's cells (``out_dir/grid``)."""
+        return self.out_dir / "grid"
+
+    def result_from_grid(self, grid_dir: str | Path | None = None) -> StudyResult:
+        """The result :meth:`run` would give, built from the finished cells of a grid that already
+        ran (``python -m workbench grid``, see :mod:`workbench.studies.grid`); runs no cell."""
+        from workbench.studies.grid import grid_cells, grid_study_result
+
+        self.prepare()
+        return grid_study_result(self, grid_cells(grid_dir if grid_dir is not None else self.grid_dir))
+
+    @property
     def results_dir(self) -> Path:
         """Where :meth:`write_outputs` puts the study's tables, figures and ``study.json``."""
         return self.out_dir / "results"

@@ -6,47 +6,64 @@ classifier trained on train, early-stopped on val (or given as run folders) -> t
 tuned on val and frozen in the classifier's ``cascade.json`` -> the cascade and the detector
 alone run once on the test images -> clinical rates with bootstrap CIs, pass/fail, error
 attribution, cell statistics and an overlay gallery of the worst images.
+
+Three cells: ``detector_*`` trains the detector, ``classifier_*`` trains the classifier and
+freezes the cascade thresholds for that detector (so it needs the detector), ``test_evaluation``
+runs both systems on the test split (needs both). Finished runs are reused only when their
+resolved config matches (the detector by :meth:`Study.train_or_reuse`, the classifier by
+:func:`finished_classifier`, which also checks the detector it was frozen for); the thresholds
+are frozen again on every run (one pass over val). Given run folders (``detector=``,
+``classifier=``) replace the training, and the given classifier's ``cascade.json`` is rewritten.
+A cell returns one row per table it makes (``table``, ``columns``, ``records``), so the
+evaluation's many tables travel as plain rows.
+
+Outputs (:meth:`Study.write_outputs`): the tables ``rates``, ``rates_side_by_side``, ``pass_fail``,
+``error_attribution``, ``detection``, ``timing``, ``predictions_*``, ``tuning_val`` (when tuned),
+``stats_*`` and ``error_cells``; the figures ``class_share``, ``counts_per_image``,
+``positive_ratio``, ``cell_size``, ``neighbourhood`` and the ``worst_overlays`` gallery.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from workbench.data import datasets
-from workbench.core.atomic import write_text
+from workbench.studies.base import Cell, Profile, Study, register
 
 SYSTEMS = ("detector-only", "cascade")
+DATA_SEED = 0  # the held-out split and the capped subsets stay the same whatever the models' seed
+CASCADE_DETECTOR = "cascade_detector"  # run.json key: the detector a classifier's thresholds were frozen for
+STAT_FIGURES = ("class_share", "counts_per_image", "positive_ratio", "cell_size", "neighbourhood")
 
 
 @dataclass(frozen=True)
-class TestProfile:
+class TestProfile(Profile):
     """How big the models and the run are (see :data:`PROFILES`)."""
 
-    name: str
-    det_model: str = "yolov8n.yaml"
-    det_imgsz: int = 640
-    det_epochs: int = 100
-    det_batch: int | None = None
-    det_warmup_epochs: float = 3.0
-    cls_arch: str = "resnet34"
-    crop_size: int = 96
-    crop_pad: float = 0.15
-    cls_epochs: int = 30
-    cls_patience: int = 5
-    cls_batch: int = 64
-    balance: str = "equal"
+    det_model: str = "yolov8n.yaml"  # detector architecture (ultralytics YAML name, trained from scratch)
+    det_imgsz: int = 640  # detector training and inference image size (px)
+    det_epochs: int = 100  # detector training epochs
+    det_batch: int | None = None  # detector training batch (images); None: what fits the device
+    det_warmup_epochs: float = 3.0  # ultralytics learning-rate warm-up of the detector (epochs)
+    cls_arch: str = "resnet34"  # timm classifier architecture, trained on the GT boxes' crops
+    crop_size: int = 96  # side of the square crop the classifier sees (px)
+    crop_pad: float = 0.15  # context added around each box, as a fraction of the box size
+    cls_epochs: int = 30  # classifier training epochs at most (early stopping on val)
+    cls_patience: int = 5  # classifier epochs without a better val score before it stops
+    cls_batch: int = 64  # classifier training batch (crops)
+    balance: str = "equal"  # class balance of the training crops (workbench.models.balance modes)
+    seed: int = 0  # seed of the detector and classifier training and of the bootstrap resamples
     test_fraction: float = 0.5  # share of val held out as test when the dataset ships no test split
-    caps: tuple[tuple[str, int], ...] = ()  # per split, at most this many images (smoke)
-    n_boot: int = 1000
+    caps: tuple[tuple[str, int], ...] = ()  # (split, at most this many images) pairs; () keeps all
+    n_boot: int = 1000  # bootstrap resamples of the test images for the 95 % CIs of the rates
     tune: bool = True  # tune det_conf / cls_thr on val; otherwise use det_conf below and cls_thr 0
-    det_conf: float = 0.5  # the published default, used when not tuning
-    gallery: int = 6
+    tune_objective: str = "f1"  # what the tuning maximises (workbench.inference.cascade.OBJECTIVES)
+    det_conf: float = 0.5  # detector confidence threshold (0-1) when not tuning (the published default)
+    gallery: int = 6  # test images with the most errors shown in the overlay gallery
 
 
 PROFILES = {
@@ -72,12 +89,197 @@ TASKS: dict[str, dict[str, Any]] = {
 }
 
 
-def profile_of(profile: str | TestProfile, **changes: Any) -> TestProfile:
-    """A named profile (optionally changed field by field)."""
-    from workbench.studies.base import pick
+@register
+class IndependentTestStudy(Study):
+    """Cascade vs detector alone on a held-out test split: detector, classifier, evaluation cells."""
 
-    prof = pick(profile, PROFILES)
-    return replace(prof, **changes) if changes else prof
+    name = "05_independent_test"
+    profiles = PROFILES
+    profile: TestProfile
+    split = "test"
+
+    def __init__(self, dataset: str | Path | None = None, *, detector: str | Path | None = None,
+                 classifier: str | Path | None = None, positive: Sequence[str] | None = None,
+                 normal: Sequence[str] | None = None, preset: str | None = None,
+                 group_by: str | None = "density", **base: Any) -> None:
+        super().__init__(dataset, **base)
+        task = TASKS.get(Path(self.dataset).name, {})
+        self.positive = list(positive or task.get("positive") or [])
+        self.normal = list(normal or task.get("normal") or [])
+        if not self.positive:
+            raise ValueError(f"dataset {self.dataset!r}: give positive= (the classes that count as positive)")
+        self.preset = preset or task.get("preset", "chromosome_aberrations")
+        self.group_by = group_by or None
+        if (detector is None) != (classifier is None):
+            raise ValueError("give both detector= and classifier= run folders, or neither (then both are trained)")
+        self.given = (Path(detector), Path(classifier)) if detector is not None else None
+
+    def study_args(self) -> dict[str, Any]:
+        given = {"detector": str(self.given[0]), "classifier": str(self.given[1])} if self.given else {}
+        return {**super().study_args(), **given, "positive": self.positive, "normal": self.normal,
+                "preset": self.preset, "group_by": self.group_by}
+
+    # ----------------------------------------------------------------- cells
+    def prepare(self) -> None:
+        from workbench.evaluation.files import load_ground_truth
+
+        self.data = prepare_data(self.dataset, self.profile, self.work_dir / "data", fmt=self.fmt)
+        gt = load_ground_truth(self.data, split=self.split)
+        if not len(gt.images):
+            raise ValueError(f"{self.data}: the {self.split!r} split is empty")
+        self.test_images = len(gt.images)
+        self.group_derived = bool(self.group_by) and self.group_by not in gt.meta.reset_index().columns
+
+    @property
+    def detector_key(self) -> str:
+        p = self.profile
+        return f"detector_{Path(p.det_model).stem}_{p.det_imgsz}_e{p.det_epochs}_s{p.seed}"
+
+    @property
+    def classifier_key(self) -> str:
+        p = self.profile
+        return "classifier_given" if self.given else f"classifier_{p.cls_arch}_{p.crop_size}_e{p.cls_epochs}_s{p.seed}"
+
+    @property
+    def detector_run(self) -> Path:
+        """The detector evaluated: the given run folder, else the detector cell's run folder."""
+        return self.given[0] if self.given else self.work_dir / "runs" / self.detector_key
+
+    @property
+    def classifier_run(self) -> Path:
+        """The classifier (and its ``cascade.json``): given, else the classifier cell's run folder."""
+        return self.given[1] if self.given else self.work_dir / "runs" / self.classifier_key
+
+    def cells(self) -> list[Cell]:
+        p = self.profile
+        det, cls = str(self.detector_run), str(self.classifier_run)
+        trained = [] if self.given else [
+            self.cell(self.detector_key, step="detector", model=p.det_model, imgsz=p.det_imgsz, epochs=p.det_epochs,
+                      batch=p.det_batch, warmup_epochs=p.det_warmup_epochs, seed=p.seed, run=det)]
+        return trained + [
+            self.cell(self.classifier_key, needs=[c.key for c in trained], step="classifier", train=not self.given,
+                      run=cls, detector=det, arch=p.cls_arch, crop_size=p.crop_size, crop_pad=p.crop_pad,
+                      epochs=p.cls_epochs, patience=p.cls_patience, batch=p.cls_batch, balance=p.balance, seed=p.seed,
+                      tune=p.tune, objective=p.tune_objective, det_conf=p.det_conf),
+            self.cell("test_evaluation", needs=[c.key for c in trained] + [self.classifier_key], step="evaluation",
+                      detector=det, classifier=cls, split=self.split)]
+
+    def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        c = cell.config
+        if c["step"] == "detector":
+            self.train_or_reuse(c["run"], self.data, model=c["model"], epochs=c["epochs"], imgsz=c["imgsz"],
+                                batch=c["batch"], seed=c["seed"], warmup_epochs=c["warmup_epochs"])
+            return []
+        if c["step"] == "classifier":
+            run, detector = Path(c["run"]), Path(c["detector"])
+            if c["train"]:
+                self.train_classifier_or_reuse(run, detector, c)
+            return table_rows({"tuning_val": freeze_thresholds(run, detector, self.data, tune=c["tune"],
+                                                                objective=c["objective"], det_conf=c["det_conf"],
+                                                                device=self.device, log=self.log)})
+        if c["step"] == "evaluation":
+            return table_rows(evaluate_systems(
+                self.data, Path(c["detector"]), Path(c["classifier"]), positive=self.positive, normal=self.normal,
+                preset=self.preset, group_by=self.group_by, split=c["split"], n_boot=self.profile.n_boot,
+                seed=self.profile.seed, device=self.device))
+        raise ValueError(f"cell {cell.key}: unknown step {c['step']!r}")
+
+    def train_classifier_or_reuse(self, run: Path, detector: Path, c: Mapping[str, Any]) -> Path:
+        """The classifier's reuse policy: a finished run with the same architecture, crops, epochs,
+        seed, detector and dataset fingerprint is reused (:func:`finished_classifier`), else retrained."""
+        import shutil
+
+        from workbench.models.classifier import train_classifier
+        from workbench.models.crops import CropSpec
+        from workbench.models.runs import update_run_record
+
+        if finished_classifier(run, arch=c["arch"], crop_size=c["crop_size"], crop_pad=c["crop_pad"],
+                               epochs=c["epochs"], seed=c["seed"], detector=detector, dataset=self.data):
+            self.log(f"[{self.short_name}] reusing {run.name} (finished with the same config)")
+            return run
+        if run.exists():
+            shutil.rmtree(run)
+        self.log(f"[{self.short_name}] training the classifier {c['arch']} on {c['crop_size']}-px crops, "
+                 f"{c['epochs']} epochs")
+        train_classifier(self.data, arch=c["arch"], crop=CropSpec(size=c["crop_size"], pad=c["crop_pad"]),
+                         balance=c["balance"], epochs=c["epochs"], patience=c["patience"], batch=c["batch"],
+                         seed=c["seed"], device=self.device, run_name=run.name, runs_root=run.parent, verbose=False)
+        update_run_record(run, **{CASCADE_DETECTOR: detector_identity(detector)})
+        return run
+
+    # ----------------------------------------------------------------- outputs
+    def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        got = tables_from_rows(rows)
+        order = ["rates", "rates_side_by_side", "pass_fail", "error_attribution", "detection", "timing",
+                 "predictions_detector_only", "predictions_cascade", "tuning_val"]
+        got["rates_side_by_side"] = rates_wide(got["rates"])
+        if not len(got.get("tuning_val", ())):
+            got.pop("tuning_val", None)  # fixed thresholds: nothing was tuned
+        return {name: got[name] for name in order + sorted(set(got) - set(order)) if name in got}
+
+    def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        from workbench.data.canonical import read_images
+        from workbench.report.overlays import overlay_gallery
+
+        figs = stats_figures({k[len("stats_"):]: v for k, v in tables.items() if k.startswith("stats_")},
+                             classes=self.positive + self.normal, group=self.group_by)
+        worst = worst_images(tables["error_cells"], self.profile.gallery)
+        if worst:
+            shown, titles = gallery_boxes(tables["error_cells"], tables["predictions_cascade"], worst)
+            figs["worst_overlays"] = overlay_gallery(read_images(self.data, worst), shown, positive=self.positive,
+                                                     normal=self.normal, image_ids=worst, titles=titles)
+        return figs
+
+    def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
+        derived = " (derived from the data, not a lab label)" if self.group_derived else ""
+        common = (f"{self.test_images} test images never used for training or tuning; "
+                  f"positive = {', '.join(self.positive)}; groups: {self.group_by or 'none'}{derived}. "
+                  f"Detector {self.detector_run.name}, classifier {self.classifier_run.name}; "
+                  f"profile {self.profile.name}, seed {self.profile.seed}.")
+        return CAPTIONS.get(name, "") + " " + common
+
+    def settings(self) -> dict[str, Any]:
+        from workbench.inference.cascade import read_cascade
+        from workbench.models.runs import dataset_fingerprint
+
+        frozen = read_cascade(self.classifier_run) or {}
+        return {"data": str(self.data), "fingerprint": dataset_fingerprint(self.data), "split": self.split,
+                "detector": str(self.detector_run), "classifier": str(self.classifier_run),
+                "positive": self.positive, "normal": self.normal, "preset": self.preset, "group_by": self.group_by,
+                "det_conf": frozen.get("det_conf"), "cls_thr": frozen.get("cls_thr"), "tuned": self.profile.tune,
+                "n_boot": self.profile.n_boot, "test_images": self.test_images, "group_derived": self.group_derived}
+
+
+CAPTIONS = {
+    "class_share": "Class shares of the ground truth.",
+    "counts_per_image": "Cells per image by class (GT), one point per image.",
+    "positive_ratio": "Positive share per image (GT).",
+    "cell_size": "Box area as a fraction of the image (left) and relative to the mean normal cell of the "
+                 "same image (right), per class (GT).",
+    "neighbourhood": "Normal cells within k x the mean positive-cell radius of each positive cell "
+                     "(radius = sqrt(area/pi)); line = mean over images, band = range.",
+    "worst_overlays": "Cascade output on the test images with the most errors; black boxes are GT "
+                      "cells no detection matched (IoU < 0.5).",
+}
+
+
+# ----------------------------------------------------------------------------- rows <-> tables
+
+def table_rows(tables: Mapping[str, pd.DataFrame]) -> list[dict[str, Any]]:
+    """One plain (JSON-ready) row per table: ``table``, ``columns`` and ``records``."""
+    out = []
+    for name, df in tables.items():
+        records = df.astype(object).where(df.notna(), None).to_dict("records")
+        out.append({"table": name, "columns": [str(c) for c in df.columns], "records": records})
+    return out
+
+
+def tables_from_rows(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The tables of :func:`table_rows` rows back (columns in their order, empty tables kept)."""
+    if "table" not in rows.columns:
+        return {}
+    return {str(r["table"]): pd.DataFrame(list(r["records"]), columns=list(r["columns"]))
+            for r in rows.to_dict("records") if isinstance(r.get("table"), str)}
 
 
 # ----------------------------------------------------------------------------- data
@@ -108,84 +310,71 @@ def derive_groups(meta: pd.DataFrame, gt: pd.DataFrame, column: str) -> pd.Serie
 
 def prepare_data(dataset: str | Path, prof: TestProfile, work: Path, *, fmt: str | None = None) -> Path:
     """The dataset with an independent test split (and the profile's caps), under ``work``."""
+    from workbench.data import datasets
     from workbench.data.holdout import with_test_split
     from workbench.data.subsets import subset_dataset
 
     base = datasets.prepare(dataset, fmt=fmt)
     name = Path(str(dataset)).name
-    held = with_test_split(base, work / f"{name}_heldout", fraction=prof.test_fraction)
+    held = with_test_split(base, work / f"{name}_heldout", fraction=prof.test_fraction, seed=DATA_SEED)
     if not prof.caps:
         return held
     capped = work / f"{name}_heldout_{prof.name}"
     if not (capped / "meta.csv").exists():
-        subset_dataset(held, capped, keep=dict(prof.caps), seed=0, overwrite=True)
+        subset_dataset(held, capped, keep=dict(prof.caps), seed=DATA_SEED, overwrite=True)
     return capped
 
 
 # ----------------------------------------------------------------------------- models
 
-def _finished_classifier(run: Path, prof: TestProfile) -> bool:
+def detector_identity(run: str | Path) -> dict[str, Any]:
+    """What names one trained detector: its folder, run id and finish time (a retrain at the same
+    folder changes the finish time)."""
     from workbench.models.runs import read_run_record
+
+    rec = read_run_record(run)
+    return {"run": str(Path(run).resolve()), "run_id": rec.get("run_id"), "finished": rec.get("finished")}
+
+
+def finished_classifier(run: str | Path, *, arch: str, crop_size: int, crop_pad: float, epochs: int, seed: int,
+                        detector: str | Path, dataset: str | Path) -> bool:
+    """True when ``run`` is a *finished* classifier trained with exactly these settings, for this
+    detector (as recorded by the study) and on this data (fingerprint compared), like
+    :func:`workbench.models.runs.finished_with` for detectors."""
+    from workbench.models.runs import dataset_fingerprint, read_run_record
 
     try:
         rec = read_run_record(run)
+        det = detector_identity(detector)
     except (FileNotFoundError, ValueError):
         return False
-    cfg = rec.get("config", {})
-    return (rec.get("status") == "finished" and (rec.get("model") or {}).get("arch") == prof.cls_arch
-            and (rec.get("crop") or {}).get("size") == prof.crop_size and cfg.get("epochs") == prof.cls_epochs)
+    cfg, crop = rec.get("config") or {}, rec.get("crop") or {}
+    return (rec.get("status") == "finished" and (rec.get("model") or {}).get("arch") == arch
+            and crop.get("size") == crop_size and crop.get("pad") == crop_pad
+            and cfg.get("epochs") == epochs and cfg.get("seed") == seed
+            and rec.get(CASCADE_DETECTOR) == det
+            and (rec.get("dataset") or {}).get("fingerprint") == dataset_fingerprint(dataset))
 
 
-def train_models(data: Path, prof: TestProfile, runs_root: Path, *, device: str | None = None,
-                 log: Callable[[str], None] = print) -> tuple[Path, Path]:
-    """Detector and classifier for ``data`` (finished runs with the same settings are reused)."""
-    from workbench.models.classifier import train_classifier
-    from workbench.models.crops import CropSpec
-    from workbench.models.runs import finished_with
-    from workbench.models.yolo import train
+def freeze_thresholds(classifier: Path, detector: Path, data: Path, *, tune: bool, objective: str,
+                      det_conf: float, device: str | None = None, log: Callable[[str], None] = print) -> pd.DataFrame:
+    """Freeze the cascade thresholds in ``classifier/cascade.json``: tuned on val (returns the
+    grid, every objective per point) or the fixed ``det_conf`` with ``cls_thr`` 0 (empty table)."""
+    from workbench.inference.cascade import tune_thresholds, write_cascade
 
-    stem = data.name
-    det_run = runs_root / f"{stem}_{Path(prof.det_model).stem}_{prof.det_imgsz}_e{prof.det_epochs}"
-    if finished_with(det_run, model=prof.det_model, epochs=prof.det_epochs, imgsz=prof.det_imgsz,
-                     batch=prof.det_batch):
-        log(f"detector: reusing {det_run}")
-    else:
-        log(f"detector: training {prof.det_model} {prof.det_epochs} epochs at {prof.det_imgsz} px")
-        det_run = train(data / "dataset.yaml", model=prof.det_model, epochs=prof.det_epochs, imgsz=prof.det_imgsz,
-                        batch=prof.det_batch, seed=0, device=device, run_name=det_run.name, runs_root=runs_root,
-                        warmup_epochs=prof.det_warmup_epochs)
-    cls_run = runs_root / f"{stem}_cls_{prof.cls_arch}_{prof.crop_size}_e{prof.cls_epochs}"
-    if _finished_classifier(cls_run, prof):
-        log(f"classifier: reusing {cls_run}")
-    else:
-        log(f"classifier: training {prof.cls_arch} on {prof.crop_size}-px crops, {prof.cls_epochs} epochs")
-        cls_run = train_classifier(data, arch=prof.cls_arch, crop=CropSpec(size=prof.crop_size, pad=prof.crop_pad),
-                                   balance=prof.balance, epochs=prof.cls_epochs, patience=prof.cls_patience,
-                                   batch=prof.cls_batch, seed=0, device=device, run_name=cls_run.name,
-                                   runs_root=runs_root, verbose=False)
-    return Path(det_run), Path(cls_run)
+    if not tune:
+        write_cascade(classifier, detector=detector, det_conf=det_conf, cls_thr=0.0)
+        return pd.DataFrame()
+    chosen, grid = tune_thresholds(classifier, data, detector=detector, split="val", objective=objective,
+                                   device=device)
+    log(f"[independent_test] tuned on val: det_conf {chosen['det_conf']}, cls_thr {chosen['cls_thr']} "
+        f"({objective} {chosen['value']:.3f})")
+    return grid
 
 
 # ----------------------------------------------------------------------------- evaluation
 
-@dataclass
-class TestResult:
-    """Everything notebook 05 shows; tables are tidy pandas frames."""
-
-    settings: dict[str, Any]
-    rates: pd.DataFrame  # compare_systems: system, group, metric, value, lo, hi, count, total, n_images
-    pass_fail: pd.DataFrame
-    errors: pd.DataFrame  # attribute_errors summary per system
-    error_cells: pd.DataFrame  # attribute_errors table of the cascade: one row per GT cell / spurious box
-    detection: pd.DataFrame  # per system: map50, map50_95, per-class AP50
-    timing: pd.DataFrame  # per system: seconds, images, s/image
-    gt: pd.DataFrame
-    predictions: dict[str, pd.DataFrame]
-    meta: pd.DataFrame  # test images with the grouping column
-    tuning: pd.DataFrame = field(default_factory=pd.DataFrame)
-
-
-def detection_table(gt: pd.DataFrame, preds: dict[str, pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
+def detection_table(gt: pd.DataFrame, preds: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
     """mAP50, mAP50-95 and AP50 per class of each system, by the pycocotools-equal engine."""
     from workbench.evaluation import metrics
 
@@ -197,110 +386,86 @@ def detection_table(gt: pd.DataFrame, preds: dict[str, pd.DataFrame], classes: S
     return pd.DataFrame(rows)
 
 
-def evaluate_models(data: Path, detector: Path, classifier: Path, *, positive: Sequence[str],
-                    preset: str, group_by: str | None = None, split: str = "test", tune: bool = True,
-                    det_conf: float = 0.5, n_boot: int = 1000, device: str | None = None,
-                    log: Callable[[str], None] = print) -> TestResult:
-    """Tune on val (optional), then run detector-only and the cascade on ``split`` and score both."""
-    from workbench.inference.cascade import (
-        attribute_errors, cascade_predict, detector_only, read_cascade, tune_thresholds)
-    from workbench.evaluation.clinical import compare_systems, pass_fail
+def run_systems(data: Path, detector: Path, classifier: Path, *, split: str,
+                device: str | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The detector alone and the cascade (thresholds from ``cascade.json``) on ``split``, each timed
+    once over the whole split after loading and warming the models on one image.
+
+    Returns ({"detector-only", "cascade"}: prediction tables on the same boxes, timing table).
+    """
     from workbench.evaluation.files import load_ground_truth
-
-    tuning = pd.DataFrame()
-    if tune:
-        chosen, tuning = tune_thresholds(classifier, data, detector=detector, split="val", objective="f1",
-                                         device=device)
-        log(f"tuned on val: det_conf {chosen['det_conf']}, cls_thr {chosen['cls_thr']} (F1 {chosen['value']:.3f})")
-    else:
-        from workbench.inference.cascade import write_cascade
-
-        write_cascade(classifier, detector=detector, det_conf=det_conf, cls_thr=0.0)
-    frozen = read_cascade(classifier) or {}
-    gt = load_ground_truth(data, split=split)
-    if not len(gt.images):
-        raise ValueError(f"{data}: the {split!r} split is empty")
-    from workbench.models.classifier import load_classifier
+    from workbench.inference.cascade import cascade_predict, detector_only, read_cascade
     from workbench.inference.predict import predict
+    from workbench.models.classifier import load_classifier
 
-    # models loaded once and warmed on one image, so the times compare inference, not loading
+    frozen = read_cascade(classifier) or {}
+    conf, cls_thr = float(frozen.get("det_conf", 0.5)), float(frozen.get("cls_thr", 0.0))
+    meta = load_ground_truth(data, split=split).meta
     clf = load_classifier(classifier, device=device)
-    conf = float(frozen.get("det_conf", 0.5))
-    first = gt.meta.iloc[:1]
-    predict(detector, data / str(first["file"].iloc[0]), conf=conf, device=device)
+    predict(detector, data / str(meta["file"].iloc[0]), conf=conf, device=device)  # warm-up, not timed
     t0 = time.perf_counter()
     det_alone = predict(detector, data, split=split, conf=conf, device=device)
     t_det = time.perf_counter() - t0
     t0 = time.perf_counter()
-    cas = cascade_predict(clf, data, detector=detector, split=split, device=device,
-                          det_conf=conf, cls_thr=float(frozen.get("cls_thr", 0.0)))
+    cas = cascade_predict(clf, data, detector=detector, split=split, device=device, det_conf=conf, cls_thr=cls_thr)
     t_cascade = time.perf_counter() - t0
-    # the cascade's detections relabelled back to the detector's classes: identical boxes
-    det = detector_only(cas)
-    preds = {"detector-only": det, "cascade": cas}
-    meta = gt.meta.reset_index()  # image_id as a column
-    group_col = None
-    if group_by:
-        meta[group_by] = derive_groups(meta, gt.boxes, group_by).to_numpy()
-        group_col = group_by
-    rates = compare_systems(gt.boxes, preds, positive=list(positive), group_by=group_col, meta=meta,
-                            n_boot=n_boot, seed=0)
-    pf = pass_fail(rates, preset)
-    attributed = {name: attribute_errors(gt.boxes, p, images=gt.images) for name, p in preds.items()}
-    errors = pd.concat([summary.assign(system=name) for name, (_, summary) in attributed.items()],
-                       ignore_index=True)
     timing = pd.DataFrame([
-        {"system": "detector-only", "seconds": t_det, "images": len(gt.images), "boxes": len(det_alone)},
-        {"system": "cascade", "seconds": t_cascade, "images": len(gt.images), "boxes": len(cas)}])
+        {"system": "detector-only", "seconds": t_det, "images": len(meta), "boxes": len(det_alone)},
+        {"system": "cascade", "seconds": t_cascade, "images": len(meta), "boxes": len(cas)}])
     timing["s_per_image"] = timing["seconds"] / timing["images"]
     timing["ratio_vs_detector"] = timing["seconds"] / t_det
-    settings = {"dataset": str(data), "split": split, "detector": str(detector), "classifier": str(classifier),
-                "positive": list(positive), "preset": preset, "group_by": group_by,
-                "det_conf": frozen.get("det_conf"), "cls_thr": frozen.get("cls_thr"), "tuned": tune,
-                "n_boot": n_boot, "test_images": len(gt.images),
-                "group_derived": bool(group_by) and group_by not in gt.meta.reset_index().columns}
-    return TestResult(settings=settings, rates=rates, pass_fail=pf, errors=errors,
-                      error_cells=attributed["cascade"][0],
-                      detection=detection_table(gt.boxes, preds, gt.classes), timing=timing, gt=gt.boxes,
-                      predictions=preds, meta=meta, tuning=tuning)
+    # the cascade's detections relabelled back to the detector's classes: identical boxes
+    return {"detector-only": detector_only(cas), "cascade": cas}, timing
 
 
-def default_work_dir(name: str, prof: TestProfile) -> Path:
-    """Where data copies and runs of a dataset and profile live (reused between runs)."""
-    from workbench.core.paths import outputs_dir
+def evaluate_systems(data: Path, detector: Path, classifier: Path, *, positive: Sequence[str],
+                     normal: Sequence[str], preset: str, group_by: str | None = None, split: str = "test",
+                     n_boot: int = 1000, seed: int = 0, device: str | None = None) -> dict[str, pd.DataFrame]:
+    """Run detector-only and the cascade on ``split`` and score both: rates with CIs (per group),
+    pass/fail, error attribution (summary and per cell), detection mAP, timing, predictions and the
+    cell statistics of the GT and of the cascade."""
+    from workbench.evaluation.clinical import compare_systems, pass_fail
+    from workbench.evaluation.files import load_ground_truth
+    from workbench.inference.cascade import attribute_errors
 
-    return outputs_dir() / "independent_test" / f"{name}_{prof.name}"
-
-
-def run_study(dataset: str | Path = "bccd", *, profile: str | TestProfile = "smoke", out_dir: Path,
-              detector: str | Path | None = None, classifier: str | Path | None = None,
-              positive: Sequence[str] | None = None, normal: Sequence[str] | None = None,
-              preset: str | None = None, group_by: str | None = "density", fmt: str | None = None,
-              device: str | None = None, work_dir: Path | None = None,
-              log: Callable[[str], None] = print) -> TestResult:
-    """The notebook's whole job: data, models (trained or given), evaluation on the test split."""
-    prof = profile_of(profile)
-    name = Path(str(dataset)).name
-    task = TASKS.get(name, {})
-    positive = list(positive or task.get("positive") or [])
-    normal = list(normal or task.get("normal") or [])
-    if not positive:
-        raise ValueError(f"dataset {name!r}: give positive= (the classes that count as positive)")
-    preset = preset or task.get("preset", "chromosome_aberrations")
-    work = Path(work_dir) if work_dir is not None else default_work_dir(name, prof)
-    work.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(dataset, prof, work, fmt=fmt)
-    if (detector is None) != (classifier is None):
-        raise ValueError("give both detector= and classifier= run folders, or neither (then both are trained)")
-    if detector is None:
-        detector, classifier = train_models(data, prof, work / "runs", device=device, log=log)
-    result = evaluate_models(data, Path(detector), Path(classifier), positive=positive, preset=preset,
-                             group_by=group_by, tune=prof.tune, det_conf=prof.det_conf, n_boot=prof.n_boot, device=device, log=log)
-    result.settings.update(profile=asdict(prof), normal=normal)
-    return result
+    gt = load_ground_truth(data, split=split)
+    preds, timing = run_systems(data, detector, classifier, split=split, device=device)
+    meta = gt.meta.reset_index()  # image_id as a column
+    if group_by:
+        meta[group_by] = derive_groups(meta, gt.boxes, group_by).to_numpy()
+    rates = compare_systems(gt.boxes, preds, positive=list(positive), group_by=group_by, meta=meta,
+                            n_boot=n_boot, seed=seed)
+    attributed = {name: attribute_errors(gt.boxes, p, images=gt.images) for name, p in preds.items()}
+    images = meta.rename(columns={"image_id": "image"})[["image", "width", "height"] + ([group_by] if group_by else [])]
+    stats = cell_statistics({"truth": gt.boxes, "cascade": preds["cascade"]}, images, positive=positive,
+                            normal=normal, group=group_by)
+    return {"rates": rates, "pass_fail": pass_fail(rates, preset),
+            "error_attribution": pd.concat([summary.assign(system=name) for name, (_, summary) in attributed.items()],
+                                           ignore_index=True),
+            "detection": detection_table(gt.boxes, preds, gt.classes), "timing": timing,
+            **{f"predictions_{name.replace('-', '_')}": p for name, p in preds.items()},
+            **{f"stats_{name}": df for name, df in stats.items()},
+            "error_cells": attributed["cascade"][0]}
 
 
-# ----------------------------------------------------------------------------- outputs
+def cell_statistics(boxes_by_source: Mapping[str, pd.DataFrame], images: pd.DataFrame, *, positive: Sequence[str],
+                    normal: Sequence[str], group: str | None = None) -> dict[str, pd.DataFrame]:
+    """Cell statistics (counts, positive ratio, sizes, neighbourhood) of each box table, e.g. the
+    GT and the cascade's output: ``{"counts_truth": .., "ratio_truth": .., ...}``."""
+    from workbench.analysis import stats
+
+    classes = list(positive) + list(normal)
+    groups = [group] if group else []
+    out: dict[str, pd.DataFrame] = {}
+    for source, boxes in boxes_by_source.items():
+        boxes = boxes[boxes["class"].isin(classes)]
+        out[f"counts_{source}"] = stats.per_image_counts(boxes, images, classes=classes, groups=groups)
+        out[f"ratio_{source}"] = stats.positive_ratio(boxes, images, positive=positive, normal=normal, groups=groups)
+        out[f"sizes_{source}"] = stats.cell_sizes(boxes, images, normal=normal, groups=groups)
+        out[f"neighbourhood_{source}"] = stats.neighbourhood_counts(boxes, images, positive=positive,
+                                                                    normal=normal, groups=groups)
+    return out
+
 
 def rates_wide(rates: pd.DataFrame) -> pd.DataFrame:
     """Systems side by side: one row per group and rate, ``value [lo, hi]`` per system."""
@@ -310,98 +475,41 @@ def rates_wide(rates: pd.DataFrame) -> pd.DataFrame:
                             sort=False)[[s for s in SYSTEMS if s in set(rates["system"])]].reset_index()
 
 
-def statistics(result: TestResult, *, normal: Sequence[str], positive: Sequence[str]) -> dict[str, pd.DataFrame]:
-    """Cell statistics of the GT and of the cascade's output on the test images (per image, per group)."""
-    from workbench.analysis import stats
+# ----------------------------------------------------------------------------- figures
 
-    group = result.settings.get("group_by")
-    images = result.meta.rename(columns={"image_id": "image"})
-    keep = ["image", "width", "height"] + ([group] if group else [])
-    images = images[keep]
-    out: dict[str, pd.DataFrame] = {}
-    for source, boxes in (("truth", result.gt), ("cascade", result.predictions["cascade"])):
-        boxes = boxes[boxes["class"].isin(list(positive) + list(normal))]
-        groups = [group] if group else []
-        out[f"counts_{source}"] = stats.per_image_counts(boxes, images, classes=list(positive) + list(normal),
-                                                         groups=groups)
-        out[f"ratio_{source}"] = stats.positive_ratio(boxes, images, positive=positive, normal=normal, groups=groups)
-        out[f"sizes_{source}"] = stats.cell_sizes(boxes, images, normal=normal, groups=groups)
-        out[f"neighbourhood_{source}"] = stats.neighbourhood_counts(boxes, images, positive=positive,
-                                                                    normal=normal, groups=groups)
-    return out
-
-
-def write_outputs(result: TestResult, out: Path, *, normal: Sequence[str], n_gallery: int = 6) -> list[Path]:
-    """Tables (CSV/JSON), figures (PNG+PDF with captions) and the overlay gallery under ``out``."""
+def stats_figures(st: Mapping[str, pd.DataFrame], *, classes: Sequence[str], group: str | None) -> dict[str, Any]:
+    """The cell-statistics figures of the ground truth (``st``: :func:`cell_statistics` tables)."""
     from workbench.report import stats_plots
-    from workbench.report.figures import save_figure
-    from workbench.data.canonical import read_images
-    from workbench.report.overlays import overlay_gallery
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    positive = result.settings["positive"]
-    written = []
-
-    def table(df: pd.DataFrame, name: str) -> None:
-        path = out / f"{name}.csv"
-        df.to_csv(path, index=False)
-        written.append(path)
-
-    table(result.rates, "rates")
-    table(rates_wide(result.rates), "rates_side_by_side")
-    table(result.pass_fail, "pass_fail")
-    table(result.errors, "error_attribution")
-    table(result.detection, "detection")
-    table(result.timing, "timing")
-    for name, p in result.predictions.items():
-        table(p, f"predictions_{name.replace('-', '_')}")
-    if len(result.tuning):
-        table(result.tuning, "tuning_val")
-    group = result.settings.get("group_by")
-    derived = " (derived from the data, not a lab label)" if result.settings.get("group_derived") else ""
-    cap = (f"{result.settings['test_images']} test images never used for training or tuning; "
-           f"positive = {', '.join(positive)}; groups: {group or 'none'}{derived}. "
-           f"Detector {Path(result.settings['detector']).name}, classifier {Path(result.settings['classifier']).name}.")
-    st = statistics(result, normal=normal, positive=positive)
-    for name, df in st.items():
-        table(df, f"stats_{name}")
-    figs = {
-        "class_share": (stats_plots.class_share_pie(st["counts_truth"], list(positive) + list(normal)),
-                        "Class shares of the ground truth. " + cap),
-        "counts_per_image": (stats_plots.class_count_boxplot(st["counts_truth"], list(positive) + list(normal),
-                                                             group=group), "Cells per image by class (GT), one point per image. " + cap),
-        "positive_ratio": (stats_plots.per_image_boxplot(st["ratio_truth"], "positive_fraction", group=group),
-                           "Positive share per image (GT). " + cap),
-        "cell_size": (stats_plots.cell_size_violins(st["sizes_truth"], group=group),
-                      "Box area as a fraction of the image (left) and relative to the mean normal cell of the "
-                      "same image (right), per class (GT). " + cap),
-        "neighbourhood": (stats_plots.neighbourhood_curves(st["neighbourhood_truth"], group=group),
-                          "Normal cells within k x the mean positive-cell radius of each positive cell "
-                          "(radius = sqrt(area/pi)); line = mean over images, band = range. " + cap),
+    return {
+        "class_share": stats_plots.class_share_pie(st["counts_truth"], list(classes)),
+        "counts_per_image": stats_plots.class_count_boxplot(st["counts_truth"], list(classes), group=group),
+        "positive_ratio": stats_plots.per_image_boxplot(st["ratio_truth"], "positive_fraction", group=group),
+        "cell_size": stats_plots.cell_size_violins(st["sizes_truth"], group=group),
+        "neighbourhood": stats_plots.neighbourhood_curves(st["neighbourhood_truth"], group=group),
     }
-    cascade = result.predictions["cascade"]
-    table_err = result.error_cells
-    err_per_image = (table_err[table_err["error"] != "correct"].groupby("image").size()
-                     .sort_values(ascending=False, kind="stable"))
-    worst = [str(i) for i in err_per_image.index[:n_gallery]]
-    if worst:
-        missed = table_err[(table_err["error"] == "missed") & table_err["image"].isin(worst)]
-        shown = pd.concat([cascade[cascade["image"].astype(str).isin(worst)],
-                           missed[["image", "x1", "y1", "x2", "y2"]].assign(
-                               **{"class": missed["gt_class"], "final_class": missed["gt_class"], "missed": True})],
-                          ignore_index=True)
-        shown["missed"] = shown["missed"].astype("boolean").fillna(False).astype(bool)
-        shown["changed"] = shown["changed"].astype("boolean").fillna(False).astype(bool)
-        arrays = read_images(result.settings["dataset"], worst)
-        counts = table_err[table_err["image"].isin(worst)].groupby(["image", "error"]).size().unstack(fill_value=0)
-        titles = {i: f"{i}: " + ", ".join(f"{int(counts.loc[i].get(k, 0))} {k}" for k in
-                                           ("missed", "misclassified", "spurious")) for i in worst}
-        figs["worst_overlays"] = (overlay_gallery(arrays, shown, positive=positive, normal=normal, image_ids=worst,
-                                                  titles=titles),
-                                  "Cascade output on the test images with the most errors; black boxes are GT "
-                                  "cells no detection matched (IoU < 0.5). " + cap)
-    for name, (fig, caption) in figs.items():
-        written += save_figure(fig, out / name, caption=caption)
-    written.append(write_text(out / "settings.json", json.dumps(result.settings, indent=2, default=str) + "\n"))
-    return written
+
+
+def worst_images(error_cells: pd.DataFrame, n: int) -> list[str]:
+    """The ``n`` images with the most errors (missed, misclassified, spurious), most first."""
+    per_image = (error_cells[error_cells["error"] != "correct"].groupby("image").size()
+                 .sort_values(ascending=False, kind="stable"))
+    return [str(i) for i in per_image.index[:n]]
+
+
+def gallery_boxes(error_cells: pd.DataFrame, cascade: pd.DataFrame,
+                  worst: Sequence[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The boxes of the overlay gallery (the cascade's output plus the missed GT cells, flagged
+    ``missed``) and one title per image with its error counts."""
+    err = error_cells[error_cells["image"].astype(str).isin(worst)]
+    missed = err[err["error"] == "missed"]
+    shown = pd.concat([cascade[cascade["image"].astype(str).isin(worst)],
+                       missed[["image", "x1", "y1", "x2", "y2"]].assign(
+                           **{"class": missed["gt_class"], "final_class": missed["gt_class"], "missed": True})],
+                      ignore_index=True)
+    for col in ("missed", "changed"):
+        shown[col] = shown[col].astype("boolean").fillna(False).astype(bool)
+    counts = err.groupby(["image", "error"]).size().unstack(fill_value=0)
+    titles = {i: f"{i}: " + ", ".join(f"{int(counts.loc[i].get(k, 0))} {k}" for k in
+                                       ("missed", "misclassified", "spurious")) for i in worst}
+    return shown, titles

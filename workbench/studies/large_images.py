@@ -1,8 +1,8 @@
-"""The large-image study: time against accuracy for ways of detecting cells in large images.
+"""The large-image study (notebook 07): time against accuracy for ways of detecting cells in large images.
 
-Rows (one per method and setting), scored on whole held-out MoNuSeg tiles (1000x1000 H&E,
-~300-700 nuclei each) with a nuclei detector trained on native-resolution patches of the
-other tiles:
+**Part 1, MoNuSeg.** Rows (one per method and setting), scored on whole held-out MoNuSeg
+tiles (1000x1000 H&E, ~300-700 nuclei each) with a nuclei detector trained on
+native-resolution patches of the other tiles:
 
 * ``one-stage tiled`` – :func:`workbench.inference.tiled_inference.tiled_predict_image` at full
   resolution (batched tiles, cross-tile merge);
@@ -10,6 +10,10 @@ other tiles:
   (stage-1 scale, score threshold, margin);
 * ``whole image`` – one ultralytics call on the whole image at ``imgsz`` (the image is
   resized to fit; at ``imgsz`` >= the image side this is native resolution).
+
+**Part 2, micronuclei** (:mod:`workbench.studies.large_images_mn`): the same comparison on
+MNFinder images upsampled ``scale`` x, with notebook 08's detectors; its tables and figure
+carry the prefix ``micronuclei_``.
 
 Columns: ``stage1_s`` / ``stage2_s`` / ``total_s`` (per image the median over ``repeats``
 runs, after a warm-up, in this process, methods taking turns; summed over the test images), ``map50`` (workbench.evaluation.metrics, COCO
@@ -21,6 +25,12 @@ reads ~1.6x the image), the canvases used and ``cells_in_regions`` (share of tru
 inside a stage-2 region: an upper bound on the two-stage recall). One-pass rows have no
 stage 1 (NaN); their single pass is reported as stage 2.
 
+Cells: the MoNuSeg detector, then its ``timing`` cell; with part 2, notebook 08's native and
+upsampled detector cells (run by :class:`workbench.studies.micronuclei.MicronucleiStudy` in its
+work folder, so a run is reused only when it finished with the same config, else trained
+there) and ``micronuclei_timing``. A timing cell returns its timings and predicted boxes as
+rows; the tables are scored from them.
+
 Held-out images are the vendored tiles the detector never saw: ``smoke`` trains on two
 vendored tiles and tests on the third; ``modest``/``full`` train on the 10 other tiles of
 ``../shared/data/monuseg`` and test on all three vendored ones (falling back to the smoke
@@ -28,39 +38,74 @@ split, with a note, when that folder is absent).
 """
 from __future__ import annotations
 
-import shutil
-import statistics
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from workbench.core.tables import BOX_COLUMNS, MAX_DET, MAX_DET_LARGE
 from workbench.data import datasets
-from workbench.studies.base import pick
 from workbench.inference.twostage import TwoStageSettings
+from workbench.studies import micronuclei
+from workbench.studies.base import Cell, Method, Profile, Study, pick, register, time_methods
 
 VENDORED_TILES = ("TCGA-B0-5698-01Z-00-DX1", "TCGA-B0-5710-01Z-00-DX1", "TCGA-CH-5767-01Z-00-DX1")
+MONUSEG, MICRONUCLEI = "monuseg", "micronuclei"  # the study's two parts; part 2's tables carry "micronuclei_"
+TIMING = "timing"  # the key of part 1's timing cell (part 2's: "micronuclei_timing")
+MIN_VISIBILITY = 0.5  # a nucleus cut by a training patch's edge is kept when this share of it is inside
 
 
 @dataclass(frozen=True)
-class LargeProfile:
-    name: str
-    full_source: bool = True  # train on ../shared/data/monuseg when present
-    model: str = "yolov8n.yaml"
-    epochs: int = 40
-    patch: int = 256  # training patch = inference tile = detector imgsz (native resolution)
-    patch_overlap: float = 0.25
-    overlap: float = 0.2  # inference tile overlap
-    batch: int = 16  # tiles / canvases per detector call
+class GuidedSetting:
+    """One two-stage setting of part 2 (every other threshold as in notebook 08's profile)."""
+
+    stage1: float | None = None  # None: nuclei from native-resolution tiles; f: one whole-image pass at f x the longer side
+    margin: float = 20.0  # native px searched around each nucleus (99% of true MN lie within ~21-25 px)
+    region_merge: float | None = 0.5  # IoS at which neighbourhoods merge (0: any overlap; None: never)
+    canvas: int = 640  # stage-2 canvas side (px; the upsampled detector's imgsz there)
+
+    def __post_init__(self) -> None:
+        if self.stage1 is not None and not 0 < self.stage1 <= 4:
+            raise ValueError(f"stage1 must be None (tiled) or a scale in (0, 4], got {self.stage1}")
+        if self.margin < 0:
+            raise ValueError(f"margin must be >= 0 px, got {self.margin}")
+        if self.region_merge is not None and not 0 <= self.region_merge <= 1:
+            raise ValueError(f"region_merge must lie in [0, 1] or be None, got {self.region_merge}")
+        if self.canvas < 32:
+            raise ValueError(f"canvas must be >= 32 px, got {self.canvas}")
+
+    def label(self) -> str:
+        stage1 = "tiled" if self.stage1 is None else f"whole x{self.stage1:g}"
+        return f"stage 1 {stage1}, margin {self.margin:g}, merge {self.region_merge}, canvas {self.canvas}"
+
+
+@dataclass(frozen=True)
+class LargeProfile(Profile):
+    """Every setting of both parts, with its meaning and unit."""
+
+    # part 1: MoNuSeg H&E tiles
+    full_source: bool = True  # train on ../shared/data/monuseg (13 tiles) when present, else the 3 vendored
+    model: str = "yolov8n.yaml"  # the nuclei detector's architecture
+    epochs: int = 40  # training epochs of the nuclei detector
+    patch: int = 256  # training patch = inference tile = detector imgsz (px, native resolution)
+    patch_overlap: float = 0.25  # overlap of the training patches (share of the patch side)
+    overlap: float = 0.2  # inference tile overlap (share of the tile side)
+    train_batch: int = 16  # training batch (patches per step)
+    batch: int = 16  # inference batch: tiles / canvases per detector call
     conf: float = 0.01  # detector score floor (low, for mAP)
     count_thr: float = 0.25  # score threshold for recall, precision and counts
-    repeats: int = 3
-    whole_sizes: tuple[int, ...] = (512, 1024)
-    two_stage: tuple[TwoStageSettings, ...] = field(default_factory=tuple)
-    seed: int = 0
+    repeats: int = 3  # timed passes over the test images (median per image), after one warm-up pass
+    whole_sizes: tuple[int, ...] = (512, 1024)  # imgsz (px) of the whole-image passes
+    two_stage: tuple[TwoStageSettings, ...] = field(default_factory=tuple)  # the two-stage settings compared
+    seed: int = 0  # seed of the patches' train/val split and of training
+    # part 2: MNFinder micronucleus images at notebook 08's scale, with notebook 08's detectors
+    mn_detectors: str = "smoke"  # notebook 08's profile whose native and upsampled detectors part 2 uses
+    mn_repeats: int = 3  # timed passes over the held-out MNFinder images, after one warm-up pass
+    mn_guided: tuple[GuidedSetting, ...] = (GuidedSetting(),)  # the nucleus-guided two-stage settings compared
+    mn_whole_scales: tuple[float, ...] = (1.0,)  # whole-image passes at imgsz = scale x the longer side (x)
 
 
 def _two_stage_grid() -> tuple[TwoStageSettings, ...]:
@@ -74,18 +119,31 @@ def _two_stage_grid() -> tuple[TwoStageSettings, ...]:
             replace(b, coarse_scale=0.25, region_conf=0.05, margin=24, region_merge=0.0))
 
 
+def _guided_grid() -> tuple[GuidedSetting, ...]:
+    """Part 2: stage 1 (tiled vs one cheap pass) x margin x neighbourhood merging x canvas size."""
+    b = GuidedSetting()
+    whole = replace(b, stage1=1.0)
+    return (b, whole, replace(b, stage1=0.75), replace(whole, margin=12), replace(whole, region_merge=0.0),
+            replace(whole, region_merge=None), replace(whole, canvas=320), replace(whole, margin=12, canvas=320))
+
+
 PROFILES = {
-    # CI: proves the pipeline on the 3 vendored tiles in a couple of minutes on 2 CPU cores
+    # CI: proves the pipeline on the 3 vendored tiles in a couple of minutes on 2 CPU cores;
+    # part 2 with notebook 08's smoke detectors (1 epoch): learns nothing
     "smoke": LargeProfile("smoke", full_source=False, epochs=2, repeats=1, whole_sizes=(1024,),
-                          two_stage=_two_stage_grid()[:1]),
-    # a real CPU study: detector trained on 10 shared tiles (~25 min), 3 test tiles
-    "modest": LargeProfile("modest", epochs=40, repeats=5, two_stage=_two_stage_grid()),
+                          two_stage=_two_stage_grid()[:1], mn_detectors="smoke", mn_repeats=1,
+                          mn_guided=(GuidedSetting(stage1=1.0, canvas=320),)),
+    # a real CPU study: detector trained on 10 shared tiles (~25 min), 3 test tiles; part 2 with
+    # notebook 08's modest detectors (reused when notebook 08 ran with the same config)
+    "modest": LargeProfile("modest", epochs=40, repeats=5, two_stage=_two_stage_grid(), mn_detectors="modest",
+                           mn_repeats=3, mn_guided=_guided_grid(), mn_whole_scales=(1.0, 3.0)),
     # a GPU: longer training
-    "full": LargeProfile("full", epochs=200, repeats=5, two_stage=_two_stage_grid()),
+    "full": LargeProfile("full", epochs=200, repeats=5, two_stage=_two_stage_grid(), mn_detectors="full",
+                         mn_repeats=5, mn_guided=_guided_grid(), mn_whole_scales=(1.0, 3.0)),
 }
 
 
-# ----------------------------------------------------------------------------- data and detector
+# ----------------------------------------------------------------------------- data
 
 def split_images(prof: LargeProfile) -> tuple[Path, list[str], list[str], str]:
     """(canonical MoNuSeg folder, training image ids, test image ids, note)."""
@@ -104,20 +162,19 @@ def split_images(prof: LargeProfile) -> tuple[Path, list[str], list[str], str]:
     return base, train, test, note
 
 
-def prepare_patches(prof: LargeProfile, work: Path) -> Path:
-    """Native-resolution training patches of the training tiles (8:2 train/val by patch);
-    patches of test tiles are marked ``test`` and never trained or validated on."""
+def prepare_patches(prof: LargeProfile, work: Path, base: Path, test_ids: Sequence[str]) -> Path:
+    """Native-resolution training patches of ``base``'s tiles (8:2 train/val by patch); patches
+    of the test tiles ``test_ids`` are marked ``test`` and never trained or validated on."""
     from workbench.data.canonical import read_classes, read_meta, save_meta
     from workbench.data.splits import assign_splits
     from workbench.data.tiling import tile_dataset
 
-    base, train, test, _ = split_images(prof)
-    out = work / "data" / f"monuseg_patches{prof.patch}{'_full' if prof.full_source else ''}"
+    out = work / "data" / f"monuseg_patches{prof.patch}{'_full' if base.name.endswith('-full') else ''}"
     if (out / "meta.csv").exists():
         return out
-    tile_dataset(base, out, tile=prof.patch, overlap=prof.patch_overlap, min_visibility=0.5, overwrite=True)
+    tile_dataset(base, out, tile=prof.patch, overlap=prof.patch_overlap, min_visibility=MIN_VISIBILITY, overwrite=True)
     meta = read_meta(out)
-    is_test = meta["tile_of"].astype(str).isin(test)
+    is_test = meta["tile_of"].astype(str).isin(list(test_ids))
     split = pd.Series("test", index=meta.index, dtype=str)
     split[~is_test] = assign_splits(meta[~is_test].drop(columns="split"), ratios=(8, 2), seed=prof.seed,
                                     keep_existing=False)
@@ -125,32 +182,22 @@ def prepare_patches(prof: LargeProfile, work: Path) -> Path:
     return out
 
 
-def train_detector(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = None,
-                   device: str | None = None, log: Callable[[str], None] = print) -> Path:
-    """The profile's nuclei detector (trained once into ``work_dir/runs``, then reused)."""
-    from workbench.models.runs import load_run
-    from workbench.models.yolo import train
+def load_test_images(base: Path, test_ids: Sequence[str], normalisation=None) -> dict[str, np.ndarray]:
+    """8-bit RGB test images by id (mapped with ``normalisation``, the detector's recorded one)."""
+    from workbench.data.canonical import read_meta
+    from workbench.core.images import read_image, to_uint8
 
-    prof = pick(profile, PROFILES)
-    work = Path(work_dir) if work_dir else default_work_dir(prof)
-    patches = prepare_patches(prof, work)
-    name = f"nuclei_{Path(prof.model).stem}_p{prof.patch}_e{prof.epochs}_s{prof.seed}"
-    run_dir = work / "runs" / name
-    if (run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished":
-        return run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an unfinished attempt: start again cleanly
-    t0 = time.perf_counter()
-    train(patches, model=prof.model, epochs=prof.epochs, imgsz=prof.patch, batch=16, seed=prof.seed,
-          device=device, run_name=name, runs_root=work / "runs", max_det=1000)
-    log(f"[large-images] trained {name} in {time.perf_counter() - t0:.0f} s")
-    return run_dir
+    meta = read_meta(base).set_index("image_id")
+    kwargs = {"norm": normalisation} if normalisation is not None else {}
+    return {i: to_uint8(read_image(base / meta.at[i, "file"])[0], **kwargs)[0] for i in test_ids}
 
 
-def default_work_dir(prof: LargeProfile) -> Path:
-    from workbench.core.paths import outputs_dir
+def load_truth(base: Path, test_ids: Sequence[str]) -> pd.DataFrame:
+    """The ground-truth boxes of the test images."""
+    from workbench.evaluation.files import load_ground_truth
 
-    return outputs_dir() / "large_images" / prof.name
+    gt = load_ground_truth(base).boxes
+    return gt[gt["image"].isin(list(test_ids))].reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- the study
@@ -158,43 +205,151 @@ def default_work_dir(prof: LargeProfile) -> Path:
 ONE_STAGE, TWO_STAGE, WHOLE = "one-stage tiled", "two-stage", "whole image"
 TABLE_COLUMNS = ["method", "setting", "stage1_s", "stage2_s", "total_s", "speedup", "map50", "map50_delta",
                  "recall", "precision", "n_pred", "n_true", "count_mae", "area_share", "canvases", "cells_in_regions"]
+PER_IMAGE_COLUMNS = ["method", "setting", "image", "stage1_s", "stage2_s", "total_s", "area_share", "canvases",
+                     "regions", "cells_in_regions"]
+BOX_ROW_COLUMNS = [*BOX_COLUMNS, "image", "method", "setting"]
+Detector = Callable[[Any, int], Any]  # (detector, imgsz) -> the same weights run at that imgsz
 
 
-@dataclass
-class LargeResult:
-    profile: Any  # the study's profile (LargeProfile, or the micronucleus study's)
-    table: pd.DataFrame  # one row per method and setting (TABLE_COLUMNS)
-    per_image: pd.DataFrame  # one row per method, setting and test image
-    info: dict[str, Any] = field(default_factory=dict)
+@register
+class LargeImagesStudy(Study):
+    """Tiled vs two-stage vs whole image, time against accuracy; part 2 on micronucleus images."""
+
+    name = "07_large_images"
+    profiles = PROFILES
+    default_dataset = "monuseg"
+    profile: LargeProfile
+
+    def __init__(self, dataset: str | Path | None = None, *, micronuclei: bool = True,
+                 work_dir: str | Path | None = None, mn_work_dir: str | Path | None = None, **kwargs: Any) -> None:
+        """``micronuclei``: run part 2. ``mn_work_dir``: where notebook 08's detectors are found or
+        trained (default ``work_dir/micronuclei`` when ``work_dir`` is given, else notebook 08's own)."""
+        if dataset is not None and str(dataset) != self.default_dataset:
+            raise ValueError(f"{self.name} studies {self.default_dataset} (and MNFinder) only, got {dataset!r}")
+        super().__init__(self.default_dataset, work_dir=work_dir, **kwargs)
+        self.micronuclei = bool(micronuclei)
+        self._mn_work_dir = mn_work_dir or (Path(work_dir) / MICRONUCLEI if work_dir else None)
+
+    @cached_property
+    def mn(self) -> micronuclei.MicronucleiStudy:
+        """Notebook 08's study with this profile's detector profile, for part 2's two detectors."""
+        prof = replace(pick(self.profile.mn_detectors, micronuclei.PROFILES), approaches=(micronuclei.GUIDED,))
+        return micronuclei.MicronucleiStudy(profile=prof, work_dir=self._mn_work_dir, device=self.device, log=self.log)
+
+    def study_args(self) -> dict[str, Any]:
+        return {**super().study_args(), "micronuclei": self.micronuclei, "mn_work_dir": str(self.mn.work_dir)}
+
+    @property
+    def detector_run(self) -> Path:
+        """The nuclei detector's run folder (named by its cell's key)."""
+        p = self.profile
+        return self.work_dir / "runs" / f"nuclei_{Path(p.model).stem}_p{p.patch}_s{p.seed}"
+
+    def prepare(self) -> None:
+        p = self.profile
+        self.base, self.train_ids, self.test_ids, self.note = split_images(p)
+        self.patches = prepare_patches(p, self.work_dir, self.base, self.test_ids)
+        self.gt = load_truth(self.base, self.test_ids)
+        if self.micronuclei:
+            self.mn.prepare()
+
+    def cells(self) -> list[Cell]:
+        det = self.cell(self.detector_run.name, part=MONUSEG)
+        cells = [det, self.cell(TIMING, needs=[det.key], part=MONUSEG)]
+        if self.micronuclei:  # notebook 08's own detector cells, so its reuse rule and training apply
+            dets = [c for c in self.mn.cells() if c.key != micronuclei.EVALUATE]
+            keys = [f"{MICRONUCLEI}_{c.key}" for c in dets]
+            cells += [self.cell(k, part=MICRONUCLEI, detector_cell=c.to_dict()) for k, c in zip(keys, dets)]
+            cells.append(self.cell(f"{MICRONUCLEI}_{TIMING}", needs=keys, part=MICRONUCLEI))
+        return cells
+
+    def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        if "detector_cell" in cell.config:
+            return self.mn.run_cell(Cell.from_dict(cell.config["detector_cell"]))
+        if cell.key == f"{MICRONUCLEI}_{TIMING}":
+            from workbench.studies import large_images_mn
+
+            return large_images_mn.measure(self.mn, self.profile, log=self.log)
+        if cell.key == TIMING:
+            return self._time_monuseg()
+        run = self.train_detector()
+        return [{"kind": "detector", "part": MONUSEG, "run_id": run.name}]
+
+    def train_detector(self) -> Path:
+        """The nuclei detector: reused when finished with this config, else trained. Returns its run."""
+        p = self.profile
+        return self.train_or_reuse(self.detector_run, self.patches, model=p.model, epochs=p.epochs, imgsz=p.patch,
+                                   batch=p.train_batch, seed=p.seed, max_det=MAX_DET)
+
+    def _time_monuseg(self) -> list[dict[str, Any]]:
+        from workbench.core.device import pick_device
+        from workbench.inference.tiled_inference import YoloDetector
+
+        p, dev = self.profile, pick_device(self.device)
+        det = YoloDetector(self.detector_run, conf=p.conf, imgsz=p.patch, max_det=MAX_DET, device=dev)
+
+        def detector(base: YoloDetector, imgsz: int) -> YoloDetector:  # a whole image holds many tiles' boxes
+            return YoloDetector(base.model, conf=p.conf, imgsz=imgsz, max_det=MAX_DET_LARGE, device=dev)
+
+        images = load_test_images(self.base, self.test_ids, det.normalisation)
+        side = max(max(img.shape[:2]) for img in images.values())
+        return timed_rows(monuseg_methods(p, det, detector, side=side), images, self.gt, repeats=p.repeats,
+                          log=self.log, part=MONUSEG)
+
+    def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        p = self.profile
+        per_image = micronuclei.measured(rows, micronuclei.TIMING, PER_IMAGE_COLUMNS, part=MONUSEG)
+        boxes = micronuclei.measured(rows, micronuclei.BOXES, BOX_ROW_COLUMNS, part=MONUSEG)
+        tables = {"large_images": score_methods(per_image, boxes, self.gt, count_thr=p.count_thr),
+                  "per_image": per_image}
+        if self.micronuclei:
+            from workbench.studies import large_images_mn
+
+            per_image = micronuclei.measured(rows, micronuclei.TIMING, PER_IMAGE_COLUMNS, part=MICRONUCLEI)
+            boxes = micronuclei.measured(rows, micronuclei.BOXES, BOX_ROW_COLUMNS, part=MICRONUCLEI)
+            tables[f"{MICRONUCLEI}_large_images"] = large_images_mn.score(per_image, boxes, self.mn.gt,
+                                                                         count_thr=self.mn.profile.count_thr)
+            tables[f"{MICRONUCLEI}_per_image"] = per_image
+        return tables
+
+    def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        figs = {"time_vs_map50": time_vs_accuracy(tables["large_images"])}
+        if self.micronuclei:
+            from workbench.studies.large_images_mn import TITLE
+
+            figs[f"{MICRONUCLEI}_time_vs_map50"] = time_vs_accuracy(tables[f"{MICRONUCLEI}_large_images"], title=TITLE)
+        return figs
+
+    def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
+        from workbench.core.device import describe_device, device_name, pick_device
+
+        p, on = self.profile, device_name(describe_device(pick_device(self.device)))
+        if name.startswith(MICRONUCLEI):
+            from workbench.studies.large_images_mn import caption
+
+            return caption(self.mn, p, device=on)
+        run = self.detector_run
+        return (f"Time vs mAP50 on {len(self.test_ids)} held-out MoNuSeg tiles ({len(self.gt)} nuclei), detector "
+                f"{run.name} (seed {p.seed}, data {micronuclei.run_fingerprint(run)}) trained on {len(self.train_ids)} "
+                f"other tiles; profile {p.name}, median of {p.repeats} runs on {on}. {self.note}").strip()
+
+    def settings(self) -> dict[str, Any]:
+        run = self.detector_run
+        out = {"run": str(run), "run_id": run.name, "train_images": self.train_ids, "test_images": self.test_ids,
+               "n_true": int(len(self.gt)), "note": self.note, "dataset_fingerprint": micronuclei.run_fingerprint(run),
+               "work_dir": str(self.work_dir), "micronuclei": None}
+        if self.micronuclei:
+            out["micronuclei"] = {"detector_profile": self.mn.profile.to_dict(), **self.mn.settings()}
+        return out
 
 
-def load_test_images(prof: LargeProfile, normalisation=None) -> tuple[dict[str, np.ndarray], pd.DataFrame]:
-    """(8-bit RGB test images by id, their ground-truth boxes)."""
-    from workbench.data.canonical import read_meta
-    from workbench.evaluation.files import load_ground_truth
-    from workbench.core.images import read_image, to_uint8
-
-    base, _, test, _ = split_images(prof)
-    meta = read_meta(base).set_index("image_id")
-    kwargs = {"norm": normalisation} if normalisation is not None else {}
-    images = {i: to_uint8(read_image(base / meta.at[i, "file"])[0], **kwargs)[0] for i in test}
-    gt = load_ground_truth(base).boxes
-    return images, gt[gt["image"].isin(test)].reset_index(drop=True)
-
-
-def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = None, device: str | None = None,
-              log: Callable[[str], None] = print) -> LargeResult:
-    """Train (or reuse) the detector, then time and score every method on the test images."""
-    from workbench.core.device import describe_device, device_name, pick_device
-    from workbench.inference.tiled_inference import TileSettings, YoloDetector, tiled_predict_image
+def monuseg_methods(prof: LargeProfile, det: Any, detector: Detector, *, side: int) -> list[Method]:
+    """Part 1's rows as ``(method, setting, fn)``; ``det`` is the nuclei detector at its training
+    size, ``detector(det, imgsz)`` the same weights at another size; ``side`` the longest test
+    image side (px)."""
+    from workbench.inference.tiled_inference import TileSettings, tiled_predict_image
     from workbench.inference.twostage import two_stage_predict_image
 
-    prof = pick(profile, PROFILES)
-    dev = pick_device(device)
-    work = Path(work_dir) if work_dir else default_work_dir(prof)
-    run_dir = train_detector(prof, work_dir=work, device=dev, log=log)
-    det = YoloDetector(run_dir, conf=prof.conf, imgsz=prof.patch, max_det=1000, device=dev)
-    images, gt = load_test_images(prof, det.normalisation)
     tiles = TileSettings(tile=prof.patch, overlap=prof.overlap, batch=prof.batch)
 
     def one_stage(img):
@@ -202,81 +357,27 @@ def run_study(profile: str | LargeProfile = "smoke", *, work_dir: Path | None = 
 
     methods: list[Method] = [
         (ONE_STAGE, f"tile {prof.patch}, overlap {prof.overlap:g}, batch {prof.batch}", one_stage)]
-    side = max(max(img.shape[:2]) for img in images.values())
     for s in prof.two_stage:
         # stage 1 sees the whole small image in one pass (one tile, native pixels of the small image)
         coarse_tile = imgsz_for(side, s.coarse_scale)
         s = replace(s, canvas=prof.patch, coarse_tile=coarse_tile, batch=prof.batch, tile_overlap=prof.overlap)
-        coarse = YoloDetector(det.model, conf=prof.conf, imgsz=coarse_tile, max_det=3000, device=dev)
+        coarse = detector(det, coarse_tile)
         methods.append((TWO_STAGE, s.label(),
                         lambda img, s=s, coarse=coarse: two_stage_predict_image(img, coarse, det, settings=s)))
     for size in prof.whole_sizes:
-        whole = YoloDetector(det.model, conf=prof.conf, imgsz=size, max_det=3000, device=dev)
-
+        whole = detector(det, size)
         methods.append((WHOLE, f"imgsz {size}", lambda img, whole=whole: (whole([img])[0], {})))
+    return methods
 
-    per_image, pred = time_methods(methods, images, repeats=prof.repeats, log=log)
-    per_image["cells_in_regions"] = [cells_covered(gt[gt["image"] == i], r)
+
+def timed_rows(methods: list[Method], images: dict[str, np.ndarray], truth: pd.DataFrame, *, repeats: int,
+               log: Callable[[str], None], part: str) -> list[dict[str, Any]]:
+    """Time ``methods`` on ``images`` (:func:`workbench.studies.base.time_methods`), add each
+    row's ``cells_in_regions`` against ``truth`` and return the timing cell's rows."""
+    per_image, boxes = time_methods(methods, images, repeats=repeats, log=log)
+    per_image["cells_in_regions"] = [cells_covered(truth[truth["image"] == i], r)
                                      for i, r in zip(per_image["image"], per_image.pop("region_boxes"))]
-    table = score_methods(per_image, pred, gt, count_thr=prof.count_thr)
-    from workbench.models.runs import read_run_record
-
-    _, train, test, note = split_images(prof)
-
-    info = {"profile": asdict(prof), "run": str(run_dir), "run_id": run_dir.name, "train_images": train,
-            "test_images": test, "n_true": int(len(gt)), "note": note, "device": describe_device(dev),
-            "dataset_fingerprint": (read_run_record(run_dir).get("dataset", {}).get("fingerprint") or {}).get("sha256", "")[:12]}
-    info["caption"] = (f"Time vs mAP50 on {len(test)} held-out MoNuSeg tiles ({len(gt)} nuclei), detector "
-                       f"{run_dir.name} trained on {len(train)} other tiles; profile {prof.name}, median of "
-                       f"{prof.repeats} runs on {device_name(info['device'])}. {note}").strip()
-    return LargeResult(prof, table, per_image, info)
-
-
-Method = tuple[str, str, Callable[[np.ndarray], tuple[pd.DataFrame, dict[str, Any]]]]
-
-
-def time_methods(methods: list[Method], images: dict[str, np.ndarray], *, repeats: int,
-                 log: Callable[[str], None] = print) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run every ``(method, setting, fn)`` on every image ``repeats`` times after one warm-up
-    pass; ``fn(image) -> (box table, info)`` with optional ``stage1_s``/``stage2_s`` (else its
-    whole time counts as stage 2), ``area_share``, ``canvases``, ``regions``, ``region_boxes``.
-
-    Returns (one row per method, setting and image: median stage and total seconds and the
-    last run's info; the predictions of the last run, with ``image method setting``).
-    """
-    first = next(iter(images.values()))
-    for _, _, fn in methods:  # warm-up: first calls pay for allocation and thread start-up
-        fn(first)
-    # methods take turns within each repeat, so load from other processes on a shared
-    # machine falls on all of them alike (blocks of one method each drifted by 3x here)
-    runs: dict[tuple[int, str], list[dict[str, Any]]] = {}
-    last: dict[tuple[int, str], pd.DataFrame] = {}
-    for r in range(max(1, repeats)):
-        for name, img in images.items():
-            for m, (_, _, fn) in enumerate(methods):
-                t0 = time.perf_counter()
-                table, info = fn(img)
-                elapsed = time.perf_counter() - t0
-                if "stage2_s" not in info:
-                    info = {**info, "stage1_s": float("nan"), "stage2_s": elapsed}
-                runs.setdefault((m, name), []).append(info)
-                last[(m, name)] = table
-        log(f"[large-images] repeat {r + 1}/{max(1, repeats)} done")
-    rows, preds = [], []
-    for m, (method, setting, _) in enumerate(methods):
-        for name in images:
-            times = runs[(m, name)]
-            info = times[-1]
-            preds.append(last[(m, name)].assign(image=name, method=method, setting=setting))
-            rows.append({"method": method, "setting": setting, "image": name,
-                         "stage1_s": statistics.median(t["stage1_s"] for t in times),
-                         "stage2_s": statistics.median(t["stage2_s"] for t in times),
-                         "total_s": statistics.median((0 if np.isnan(t["stage1_s"]) else t["stage1_s"]) + t["stage2_s"]
-                                                      for t in times),
-                         "area_share": info.get("area_share", 1.0), "canvases": info.get("canvases", np.nan),
-                         "regions": info.get("regions", np.nan), "region_boxes": info.get("region_boxes")})
-        log(f"[large-images] {method} ({setting}): {statistics.median(r['total_s'] for r in rows[-len(images):]):.2f} s/image")
-    return pd.DataFrame(rows), pd.concat(preds, ignore_index=True)
+    return micronuclei.measurement_rows(per_image[PER_IMAGE_COLUMNS], boxes[BOX_ROW_COLUMNS], part=part)
 
 
 def imgsz_for(side: int, factor: float) -> int:
@@ -355,13 +456,12 @@ def verdict(table: pd.DataFrame, *, speedup: float = 3.0, max_loss_points: float
 
 def time_vs_accuracy(table: pd.DataFrame, *, title: str = "Large images: time vs mAP50"):
     """Total seconds (all test images) against mAP50, one numbered marker per method and
-    setting; the numbers are keyed beside the axes (settings crowd each other otherwise)."""
-    import matplotlib
+    setting; the numbers are keyed beside the axes (settings crowd each other otherwise). A
+    ``matplotlib.figure.Figure`` (no pyplot state)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 4.5))
+    fig = Figure(figsize=(9, 4.5))
+    ax = fig.subplots()
     markers = {ONE_STAGE: "o", TWO_STAGE: "s", WHOLE: "^"}
     key = []
     for method, g in table.groupby("method", sort=False):
@@ -377,28 +477,3 @@ def time_vs_accuracy(table: pd.DataFrame, *, title: str = "Large images: time vs
     fig.text(0.62, 0.5, "\n".join(sorted(key, key=lambda t: int(t.split(":")[0]))), fontsize=6.5, va="center")
     fig.subplots_adjust(right=0.6)
     return fig
-
-
-def write_outputs(result: LargeResult, out: Path, *, prefix: str = "") -> list[Path]:
-    """``<prefix>large_images.csv``, ``<prefix>per_image.csv``, ``<prefix>study.json`` and the
-    figure ``<prefix>time_vs_map50`` (PNG/PDF + caption) in ``out``."""
-    import json
-
-    from workbench.core.atomic import write_text
-    from workbench.report.figures import save_figure
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in (("large_images", result.table), ("per_image", result.per_image)):
-        path = out / f"{prefix}{name}.csv"
-        write_text(path, table.to_csv(index=False))
-        written.append(path)
-    write_text(out / f"{prefix}study.json", json.dumps(result.info, indent=1, default=str) + "\n")
-    written.append(out / f"{prefix}study.json")
-    info = result.info
-    written += save_figure(time_vs_accuracy(result.table, title=info.get("title", "Large images: time vs mAP50")),
-                           out / f"{prefix}time_vs_map50", caption=info.get("caption", ""),
-                           provenance={"run": info["run_id"], "test_images": info["test_images"],
-                                       "dataset": info["dataset_fingerprint"], "profile": result.profile.name})
-    return written

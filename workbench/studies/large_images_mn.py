@@ -1,10 +1,10 @@
-"""The large-image study on micronucleus images (MNFinder): time against accuracy.
+"""Part 2 of the large-image study (notebook 07): time against accuracy on micronucleus images.
 
 A 5 px micronucleus needs the ``scale`` x upsampled image (see :mod:`workbench.studies.micronuclei`),
 so a 869x768 fluorescence image becomes a 2607x2304 one for the MN detector: a large image.
-Rows, scored on the held-out MNFinder validation images with the micronucleus study's
-detectors (``native``: nuclei at native resolution; ``upsampled``: nuclei and MN at
-``scale`` x):
+Rows, scored on the held-out MNFinder validation images with notebook 08's detectors
+(``native``: nuclei at native resolution; ``upsampled``: nuclei and MN at ``scale`` x; trained
+or reused by notebook 08's own cells, see :class:`workbench.studies.large_images.LargeImagesStudy`):
 
 * ``one-stage tiled`` – the reference: the whole ``scale`` x image in tiles of the
   upsampled detector's training size, batched, merged across tiles, boxes scaled back;
@@ -25,82 +25,33 @@ criterion for 5 px objects), ``mn_recall_delta`` (points against one-stage tiled
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
+from workbench.core.tables import MAX_DET, MAX_DET_LARGE
 from workbench.studies import micronuclei
-from workbench.studies.base import pick
+from workbench.studies.base import Method
 from workbench.studies.large_images import (
-    ONE_STAGE, TWO_STAGE, WHOLE, LargeResult, Method, cells_covered, imgsz_for, score_methods, time_methods)
+    MICRONUCLEI, ONE_STAGE, TWO_STAGE, WHOLE, Detector, GuidedSetting, LargeProfile, imgsz_for, score_methods,
+    tiled_share, timed_rows)
 
 MN_COLUMNS = ["mn_recall", "mn_precision", "mn_recall_delta", "n_pred_mn", "n_true_mn", "nucleus_recall"]
+TITLE = "Micronucleus images: time vs mAP50"
 
 
-@dataclass(frozen=True)
-class GuidedSetting:
-    """One two-stage setting (every other threshold as in the micronucleus study's profile)."""
-
-    stage1: float | None = None  # None: nuclei from native-resolution tiles; f: one whole-image pass at f x the longer side
-    margin: float = 20.0  # native px searched around each nucleus (99% of true MN lie within ~21-25 px)
-    region_merge: float | None = 0.5  # IoS at which neighbourhoods merge (0: any overlap; None: never)
-    canvas: int = 640  # stage-2 canvas side (the upsampled detector's imgsz there)
-
-    def __post_init__(self) -> None:
-        if self.stage1 is not None and not 0 < self.stage1 <= 4:
-            raise ValueError(f"stage1 must be None (tiled) or a scale in (0, 4], got {self.stage1}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0 px, got {self.margin}")
-        if self.region_merge is not None and not 0 <= self.region_merge <= 1:
-            raise ValueError(f"region_merge must lie in [0, 1] or be None, got {self.region_merge}")
-        if self.canvas < 32:
-            raise ValueError(f"canvas must be >= 32 px, got {self.canvas}")
-
-    def label(self) -> str:
-        stage1 = "tiled" if self.stage1 is None else f"whole x{self.stage1:g}"
-        return f"stage 1 {stage1}, margin {self.margin:g}, merge {self.region_merge}, canvas {self.canvas}"
-
-
-@dataclass(frozen=True)
-class MNLargeProfile:
-    name: str
-    detectors: str  # the micronucleus study profile whose detectors are used (trained once, then reused)
-    repeats: int = 3
-    guided: tuple[GuidedSetting, ...] = (GuidedSetting(),)
-    whole_scales: tuple[float, ...] = (1.0,)  # whole-image passes at imgsz = scale x the longer side
-
-
-def _grid() -> tuple[GuidedSetting, ...]:
-    """Stage 1 (tiled vs one cheap pass) x margin x neighbourhood merging x canvas size."""
-    b = GuidedSetting()
-    whole = replace(b, stage1=1.0)
-    return (b, whole, replace(b, stage1=0.75), replace(whole, margin=12), replace(whole, region_merge=0.0),
-            replace(whole, region_merge=None), replace(whole, canvas=320), replace(whole, margin=12, canvas=320))
-
-
-PROFILES = {
-    # CI: the micronucleus study's smoke detectors (1 epoch): proves the pipeline, learns nothing
-    "smoke": MNLargeProfile("smoke", "smoke", repeats=1, guided=(GuidedSetting(stage1=1.0, canvas=320),)),
-    # CPU: the modest detectors of notebook 08 (reused when notebook 08 ran), 3 held-out images
-    "modest": MNLargeProfile("modest", "modest", repeats=3, guided=_grid(), whole_scales=(1.0, 3.0)),
-    "full": MNLargeProfile("full", "full", repeats=5, guided=_grid(), whole_scales=(1.0, 3.0)),
-}
-
-
-def make_methods(mn: micronuclei.MNProfile, prof: MNLargeProfile, native: Any, upsampled: Any,
-                 detector: Callable[..., Any]) -> list[Method]:
-    """The study's rows as ``(method, setting, fn)``; ``fn(8-bit image) -> (boxes in native
-    pixels, info)``. ``native``/``upsampled`` are the two detectors at their training size;
-    ``detector(base, imgsz)`` makes the same weights run at another ``imgsz``."""
-    from workbench.studies.large_images import tiled_share
+def make_methods(mn: micronuclei.MNProfile, native: Any, upsampled: Any, detector: Detector, *,
+                 guided: Sequence[GuidedSetting], whole_scales: Sequence[float]) -> list[Method]:
+    """Part 2's rows as ``(method, setting, fn)``; ``fn(8-bit image) -> (boxes in native pixels,
+    info)``. ``native``/``upsampled`` are notebook 08's two detectors at their training size;
+    ``detector(base, imgsz)`` makes the same weights run at another ``imgsz``; one two-stage row
+    per ``guided`` setting and one whole-image row per scale in ``whole_scales``."""
     from workbench.inference.tiled_inference import TileSettings, tiled_predict_image
     from workbench.inference.twostage import TwoStageSettings
 
     s = mn.scale
-    tiles = TileSettings(tile=mn.tile, overlap=0.2, batch=mn.infer_batch)
+    tiles = TileSettings(tile=mn.tile, overlap=mn.overlap, batch=mn.infer_batch)
 
     def one_stage(img):
         up = micronuclei.upsample(img, s)
@@ -109,25 +60,25 @@ def make_methods(mn: micronuclei.MNProfile, prof: MNLargeProfile, native: Any, u
 
     methods: list[Method] = [(ONE_STAGE, f"x{s} image, tile {mn.tile}, overlap {tiles.overlap:g}, "
                                          f"batch {tiles.batch}", one_stage)]
-    for g in prof.guided:
+    for g in guided:
         finder = ((lambda im: tiled_predict_image(im, native, settings=tiles)) if g.stage1 is None
                   else _whole(detector, native, g.stage1))
         search = detector(upsampled, g.canvas)
         settings = TwoStageSettings(region_conf=mn.count_thr, margin=g.margin * s, region_merge=g.region_merge,
-                                    canvas=g.canvas, batch=max(1, mn.infer_batch // 4))
+                                    canvas=g.canvas, batch=micronuclei.canvas_batch(mn.infer_batch))
 
-        def guided(img, finder=finder, search=search, settings=settings):
+        def two_stage(img, finder=finder, search=search, settings=settings):
             table, info = micronuclei.guided_search(img, finder, search, scale=s, settings=settings)
             return table, {**info, "area_share": info["searched_share"]}
 
-        methods.append((TWO_STAGE, g.label(), guided))
-    for k in prof.whole_scales:
+        methods.append((TWO_STAGE, g.label(), two_stage))
+    for k in whole_scales:
         whole = _whole(detector, upsampled, k)
         methods.append((WHOLE, f"MN detector, imgsz {k:g} x longer side", lambda img, whole=whole: (whole(img), {})))
     return methods
 
 
-def _whole(detector: Callable[..., Any], base: Any, factor: float) -> Callable[[np.ndarray], pd.DataFrame]:
+def _whole(detector: Detector, base: Any, factor: float) -> Callable[[np.ndarray], pd.DataFrame]:
     """One pass of ``base``'s weights over the whole image at ``imgsz = factor x`` its longer
     side (rounded up to a multiple of 32; ultralytics resizes the image to fit)."""
     cache: dict[int, Any] = {}
@@ -141,46 +92,24 @@ def _whole(detector: Callable[..., Any], base: Any, factor: float) -> Callable[[
     return run
 
 
-def run_study(profile: str | MNLargeProfile = "smoke", *, work_dir: Path | None = None, device: str | None = None,
-              log: Callable[[str], None] = print) -> LargeResult:
-    """Train (or reuse) the micronucleus study's detectors, then time and score every row."""
-    from workbench.core.device import describe_device, device_name, pick_device
-    from workbench.models.runs import read_run_record
+def measure(mn_study: micronuclei.MicronucleiStudy, prof: LargeProfile, *,
+            log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Part 2's timing cell: time every row on the held-out MNFinder images with the two
+    detectors of ``mn_study`` (prepared; their cells ran first). Returns the timing and box rows."""
+    from workbench.core.device import pick_device
     from workbench.inference.tiled_inference import YoloDetector
 
-    prof = pick(profile, PROFILES)
-    # only the two detectors the rows use (the study's p2 detector is not needed here)
-    mn = replace(pick(prof.detectors, micronuclei.PROFILES), approaches=(micronuclei.GUIDED,))
-    dev = pick_device(device)
-    runs = micronuclei.train_detectors(mn, work_dir=work_dir, device=dev, log=log)
-    native = YoloDetector(runs[micronuclei.NATIVE], conf=mn.conf, imgsz=mn.tile, max_det=1000, device=dev)
-    upsampled = YoloDetector(runs[micronuclei.UPSAMPLED], conf=mn.conf, imgsz=mn.tile, max_det=1000, device=dev)
+    mn, dev = mn_study.profile, pick_device(mn_study.device)
+    native, upsampled = (YoloDetector(mn_study.detector_run(k), conf=mn.conf, imgsz=mn.tile, max_det=MAX_DET,
+                                      device=dev) for k in (micronuclei.NATIVE, micronuclei.UPSAMPLED))
 
-    def detector(base: YoloDetector, imgsz: int) -> YoloDetector:
-        return YoloDetector(base.model, conf=mn.conf, imgsz=imgsz, max_det=3000, device=dev)
+    def detector(base: YoloDetector, imgsz: int) -> YoloDetector:  # a whole image holds many tiles' boxes
+        return YoloDetector(base.model, conf=mn.conf, imgsz=imgsz, max_det=MAX_DET_LARGE, device=dev)
 
-    images = micronuclei.load_test_images(mn, native.normalisation)
-    gt, _, _ = micronuclei.load_truth(mn)
-    true_mn = gt[gt["class"] == micronuclei.MN]
-    per_image, pred = time_methods(make_methods(mn, prof, native, upsampled, detector), images,
-                                   repeats=prof.repeats, log=log)
-    per_image["cells_in_regions"] = [cells_covered(true_mn[true_mn["image"] == i], r)
-                                     for i, r in zip(per_image["image"], per_image.pop("region_boxes"))]
-    table = score(per_image, pred, gt, count_thr=mn.count_thr)
-    _, train, test, note = micronuclei.split_images(mn)
-    run_ids = {k: v.name for k, v in runs.items()}
-    info = {"dataset": "mnfinder", "profile": asdict(prof), "detector_profile": asdict(mn),
-            "runs": {k: str(v) for k, v in runs.items()}, "run_id": " + ".join(run_ids.values()),
-            "train_images": train, "test_images": test, "n_true": int(len(gt)),
-            "n_true_mn": int((gt["class"] == micronuclei.MN).sum()), "note": note, "device": describe_device(dev),
-            "dataset_fingerprint": (read_run_record(runs[micronuclei.UPSAMPLED]).get("dataset", {}).get("fingerprint")
-                                    or {}).get("sha256", "")[:12],
-            "title": "Micronucleus images: time vs mAP50"}
-    info["caption"] = (f"Time vs mAP50 (nuclei and micronuclei) on {len(test)} held-out MNFinder images "
-                       f"({info['n_true_mn']} micronuclei, {len(gt) - info['n_true_mn']} nuclei); detectors "
-                       f"{info['run_id']} trained on {len(train)} other images; MN at x{mn.scale}; profile "
-                       f"{prof.name}, median of {prof.repeats} runs on {device_name(info['device'])}. {note}").strip()
-    return LargeResult(prof, table, per_image, info)
+    images = micronuclei.load_test_images(mn_study.base, mn_study.test_ids, native.normalisation)
+    methods = make_methods(mn, native, upsampled, detector, guided=prof.mn_guided, whole_scales=prof.mn_whole_scales)
+    true_mn = mn_study.gt[mn_study.gt["class"] == micronuclei.MN]
+    return timed_rows(methods, images, true_mn, repeats=prof.mn_repeats, log=log, part=MICRONUCLEI)
 
 
 def score(per_image: pd.DataFrame, pred: pd.DataFrame, gt: pd.DataFrame, *, count_thr: float) -> pd.DataFrame:
@@ -220,5 +149,16 @@ def verdict(table: pd.DataFrame, *, speedup: float = 3.0, max_loss_points: float
     return out
 
 
-__all__ = ["GuidedSetting", "MNLargeProfile", "MN_COLUMNS", "PROFILES", "make_methods", "run_study",
-           "score", "verdict"]
+def caption(mn_study: micronuclei.MicronucleiStudy, prof: LargeProfile, *, device: str) -> str:
+    """The caption of part 2's figure (``mn_study`` prepared); ``device``: where it was timed."""
+    mn, gt = mn_study.profile, mn_study.gt
+    runs = [mn_study.detector_run(k) for k in (micronuclei.NATIVE, micronuclei.UPSAMPLED)]
+    n_mn = int((gt["class"] == micronuclei.MN).sum())
+    return (f"Time vs mAP50 (nuclei and micronuclei) on {len(mn_study.test_ids)} held-out MNFinder images "
+            f"({n_mn} micronuclei, {len(gt) - n_mn} nuclei); detectors {' + '.join(r.name for r in runs)} "
+            f"(notebook 08's {mn.name} profile, seed {mn.seed}, data {micronuclei.run_fingerprint(runs[-1])}) trained "
+            f"on {len(mn_study.train_ids)} other images; MN at x{mn.scale}; profile {prof.name}, median of "
+            f"{prof.mn_repeats} runs on {device}. {mn_study.note}").strip()
+
+
+__all__ = ["GuidedSetting", "MN_COLUMNS", "TITLE", "caption", "make_methods", "measure", "score", "verdict"]

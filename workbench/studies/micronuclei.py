@@ -12,6 +12,12 @@ Approaches, each scored on the same held-out MNFinder validation images:
   packed into canvases (:mod:`workbench.inference.twostage`) and searched by the ``upsampled`` detector;
   every micronucleus is assigned to its parent nucleus.
 
+Cells: one per detector to train (``native``, ``upsampled``, ``p2``: those the profile's
+approaches need), then ``evaluate``, which times every approach on the held-out images
+(:func:`workbench.studies.base.time_methods`) and returns the timings and predicted boxes as
+rows; the tables are scored from those rows. The detectors live in a work folder shared with
+notebook 07 (part 2 reuses them when their resolved config matches).
+
 Images are read from the raw files (16-bit TIFF included) and mapped to 8 bits with the
 normalisation recorded in each detector's run (never a cast). Micronuclei are scored under
 every matching criterion of :mod:`workbench.evaluation.tiny_matching`; per-cell outputs (micronuclei per
@@ -22,65 +28,62 @@ approaches taking turns).
 from __future__ import annotations
 
 import shutil
-import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from workbench.core.tables import BOX_COLUMNS, MAX_DET
 from workbench.data import datasets
-from workbench.studies.base import pick
+from workbench.studies.base import Cell, Profile, Study, register, time_methods
 
 MN, NUCLEUS = "mn", "nucleus"
 NATIVE, UPSAMPLED, P2, GUIDED = "native", "upsampled", "p2", "guided"
 APPROACHES = (NATIVE, UPSAMPLED, P2, GUIDED)
+EVALUATE = "evaluate"  # the key of the evaluation/timing cell
+TRAIN_TILE_OVERLAP = 0.25  # overlap of the native training tiles (share of the tile side)
+MIN_VISIBILITY = 0.5  # a box cut by a training tile's edge is kept when this share of it is inside
+N_BOOT = 200  # bootstrap resamples (images) of the clinical rates' intervals
 
 
 @dataclass(frozen=True)
-class MNProfile:
-    """Every setting of the study, with its meaning."""
+class MNProfile(Profile):
+    """Every setting of the study, with its meaning and unit."""
 
-    name: str
-    full_source: bool = True  # train on ../shared/data/mnfinder (30 images) when present
-    tile: int = 320  # training tile = inference tile = detector imgsz, in detector pixels
-    scale: int = 3  # upsampling factor of the upsampled and guided approaches
-    epochs: int = 12
+    full_source: bool = True  # train on ../shared/data/mnfinder (30 images) when present, else the 2 vendored
+    tile: int = 320  # training tile = inference tile = detector imgsz (px of the image the detector sees)
+    scale: int = 3  # upsampling factor of the upsampled and guided approaches (x)
+    epochs: int = 12  # training epochs of every detector
     # the MN search detector (upsampled, also used by guided) learns MN last: on a CPU budget it
     # continues from its first run's best weights for this many more epochs (0: no second run)
     extra_epochs_upsampled: int = 16
     max_tiles: int = 320  # training tiles per detector (seeded sample; equal compute per arm)
-    batch: int = 8  # training batch
-    infer_batch: int = 16  # tiles / canvases per detector call
-    conf: float = 0.01  # detector score floor
+    batch: int = 8  # training batch (tiles per step)
+    infer_batch: int = 16  # tiles / canvases per detector call at inference
+    overlap: float = 0.2  # inference tile overlap (share of the tile side)
+    conf: float = 0.01  # detector score floor (low: the threshold sweep needs low-score boxes)
     count_thr: float = 0.25  # score threshold for recall, precision, counts and frequencies
-    guided_canvas: int = 640  # canvas side of the guided search (its detector runs at imgsz = canvas)
+    guided_canvas: int = 640  # canvas side of the guided search (px of the scale x image; its detector's imgsz)
     guided_merge: float | None = 0.5  # IoS at which neighbourhoods merge (0: any overlap; None: never)
     margin: float = 20.0  # native px around each nucleus searched (99% of true MN lie within ~21-25 px)
     parent_distance: float = 20.0  # native px: an MN farther from every nucleus has no parent
-    repeats: int = 1
-    warmup: bool = True  # one untimed pass per approach first (allocation, thread start-up)
-    approaches: tuple[str, ...] = APPROACHES
-    seed: int = 0
+    repeats: int = 1  # timed passes over the held-out images (median per image), after one warm-up pass
+    approaches: tuple[str, ...] = APPROACHES  # approaches compared (guided needs the native and upsampled detectors)
+    seed: int = 0  # seed of the tile sample, its train/val split and training
 
 
 PROFILES = {
     # CI: the 2 vendored training images, one epoch: proves the pipeline, learns nothing
     "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, extra_epochs_upsampled=0, max_tiles=16,
-                       batch=8, warmup=False, guided_canvas=320),
+                       batch=8, guided_canvas=320),
     # CPU (~30 min on 2 cores): 30 training images of ../shared, 3 validation images
     "modest": MNProfile("modest"),
     # GPU: more tiles and epochs
     "full": MNProfile("full", epochs=150, extra_epochs_upsampled=0, max_tiles=5000, batch=32, repeats=5),
 }
-
-
-def default_work_dir(prof: MNProfile) -> Path:
-    from workbench.core.paths import outputs_dir
-
-    return outputs_dir() / "micronuclei" / prof.name
 
 
 # ----------------------------------------------------------------------------- data
@@ -150,22 +153,21 @@ def sample_tiles(meta: pd.DataFrame, train_ids: list[str], *, max_tiles: int, se
     return split
 
 
-def prepare_tiles(prof: MNProfile, work: Path, *, scale: int) -> Path:
-    """Training tiles of the training images at ``scale`` x: tiles of ``tile / scale`` native px
-    (sampled), then upsampled to ``tile`` px. Reused when already written."""
+def prepare_tiles(prof: MNProfile, work: Path, base: Path, train_ids: Sequence[str], *, scale: int) -> Path:
+    """Training tiles of the training images ``train_ids`` of ``base`` at ``scale`` x: tiles of
+    ``tile / scale`` native px (sampled), then upsampled to ``tile`` px. Reused when already written."""
     from workbench.data.canonical import read_classes, read_meta, save_meta
     from workbench.data.tiling import tile_dataset
 
-    base, train, _, _ = split_images(prof)
     tag = f"t{prof.tile}_x{scale}_n{prof.max_tiles}_s{prof.seed}{'_full' if base.name.endswith('-full') else ''}"
     out = work / "data" / f"mn_tiles_{tag}"
     if (out / "meta.csv").exists():
         return out
     native = work / "data" / f"mn_native_{tag}"
-    tile_dataset(base, native, tile=max(32, prof.tile // scale), overlap=0.25, min_visibility=0.5,
-                 keep_empty=False, overwrite=True)
+    tile_dataset(base, native, tile=max(32, prof.tile // scale), overlap=TRAIN_TILE_OVERLAP,
+                 min_visibility=MIN_VISIBILITY, keep_empty=False, overwrite=True)
     meta = read_meta(native)
-    save_meta(native, meta.assign(split=sample_tiles(meta, train, max_tiles=prof.max_tiles, seed=prof.seed)),
+    save_meta(native, meta.assign(split=sample_tiles(meta, list(train_ids), max_tiles=prof.max_tiles, seed=prof.seed)),
               read_classes(native))
     if scale == 1:
         shutil.move(str(native), str(out))
@@ -191,66 +193,77 @@ def detector_specs(prof: MNProfile) -> dict[str, tuple[str, int]]:
     return {k: specs[k] for k in (NATIVE, UPSAMPLED, P2) if k in need}
 
 
-def train_detectors(profile: str | MNProfile = "smoke", *, work_dir: Path | None = None,
-                    device: str | None = None, log: Callable[[str], None] = print) -> dict[str, Path]:
-    """Train (or reuse finished) detectors of the profile: name -> run folder."""
-    from workbench.models.runs import load_run
-    from workbench.models.yolo import train
+def stale(run_dir: Path, weights: Path) -> bool:
+    """True when ``run_dir`` (a run continued from ``weights``) is older than those weights:
+    the first run was trained again since, so the continuation must be too (the run-reuse
+    check compares the weights' path, not their content)."""
+    record = run_dir / "run.json"
+    return record.exists() and weights.exists() and record.stat().st_mtime < weights.stat().st_mtime
 
-    prof = pick(profile, PROFILES)
-    work = Path(work_dir) if work_dir else default_work_dir(prof)
-    runs = {}
-    for name, (model, scale) in detector_specs(prof).items():
-        data = prepare_tiles(prof, work, scale=scale)
-        run_name = f"mn_{name}_{Path(model).stem}_x{scale}_t{prof.tile}_n{prof.max_tiles}_e{prof.epochs}_s{prof.seed}"
-        stages = [(run_name, model, prof.epochs, None)]
-        if name == UPSAMPLED and prof.extra_epochs_upsampled:
-            stages.append((f"{run_name}_plus{prof.extra_epochs_upsampled}", model, prof.extra_epochs_upsampled,
-                           work / "runs" / run_name / "weights" / "best.pt"))
-        for stage_name, arch, epochs, weights in stages:
-            run_dir = work / "runs" / stage_name
-            if (run_dir / "run.json").exists() and load_run(run_dir).get("status") == "finished":
-                continue
-            if run_dir.exists():
-                shutil.rmtree(run_dir)  # an unfinished attempt: start again cleanly
-            t0 = time.perf_counter()
-            train(data, model=arch, epochs=epochs, imgsz=prof.tile, batch=prof.batch, seed=prof.seed, device=device,
-                  run_name=stage_name, runs_root=work / "runs", max_det=1000, pretrained=weights)
-            log(f"[micronuclei] trained {stage_name} in {time.perf_counter() - t0:.0f} s")
-        runs[name] = work / "runs" / stages[-1][0]
-    return runs
+
+def run_fingerprint(run_dir: Path) -> str:
+    """The first 12 hex digits of the training data's fingerprint recorded in ``run_dir`` ('' if none)."""
+    from workbench.models.runs import read_run_record
+
+    try:
+        rec = read_run_record(run_dir)
+    except (FileNotFoundError, ValueError):
+        return ""
+    return str(((rec.get("dataset") or {}).get("fingerprint") or {}).get("sha256", ""))[:12]
 
 
 # ----------------------------------------------------------------------------- test images and truth
 
-def load_test_images(prof: MNProfile, normalisation=None) -> dict[str, np.ndarray]:
-    """Held-out images by id, read from the raw files (16-bit TIFF included) and mapped to
-    8 bits with ``normalisation`` (the detector run's recorded mapping); the canonical 8-bit
-    copy is read when the raw file is gone."""
+def load_test_images(base: Path, test_ids: Sequence[str], normalisation=None) -> dict[str, np.ndarray]:
+    """Held-out images of ``base`` by id, read from the raw files (16-bit TIFF included) and
+    mapped to 8 bits with ``normalisation`` (the detector run's recorded mapping); the canonical
+    8-bit copy is read when the raw file is gone."""
     from workbench.data.canonical import read_meta
     from workbench.core.images import read_image, to_uint8
 
-    base, _, test, _ = split_images(prof)
     meta = read_meta(base).set_index("image_id")
     kwargs = {"norm": normalisation} if normalisation is not None else {}
     images = {}
-    for i in test:
+    for i in test_ids:
         src = Path(str(meta.at[i, "source_image"]))
         arr = read_image(src)[0] if src.is_file() else read_image(base / meta.at[i, "file"])[0]
         images[i] = to_uint8(arr, **kwargs)[0]
     return images
 
 
-def load_truth(prof: MNProfile) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def load_truth(base: Path, test_ids: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(GT boxes of the held-out images, true MN with colour parents, true nuclei)."""
     from workbench.analysis.micronuclei import parents_from_colours
 
-    base, _, test, _ = split_images(prof)
     objects = pd.read_csv(base / "objects.csv", dtype={"image_id": str})
-    objects = objects[objects["image_id"].isin(test)].reset_index(drop=True)
+    objects = objects[objects["image_id"].isin(list(test_ids))].reset_index(drop=True)
     gt = objects.rename(columns={"image_id": "image"})[["image", "class", "x1", "y1", "x2", "y2"]]
     mn, nuclei = parents_from_colours(objects)
     return gt, mn, nuclei
+
+
+# ----------------------------------------------------------------------------- result rows of timing cells
+
+TIMING, BOXES = "timing", "box"  # the kinds of row a timing cell returns
+
+
+def measurement_rows(per_image: pd.DataFrame, boxes: pd.DataFrame, **tags: Any) -> list[dict[str, Any]]:
+    """A timing cell's result rows: one per timed (method, image) and one per predicted box,
+    told apart by ``kind`` and ``tags`` (e.g. the study part), so that the tables are scored
+    from the rows alone, wherever the cell ran."""
+    return [{"kind": kind, **tags, **r} for kind, table in ((TIMING, per_image), (BOXES, boxes))
+            for r in table.to_dict(orient="records")]
+
+
+def measured(rows: pd.DataFrame, kind: str, columns: Sequence[str], **tags: Any) -> pd.DataFrame:
+    """The rows of ``kind`` (and ``tags``) of all cells as a table of ``columns`` (coordinates
+    and scores as floats for box rows); empty when there are none."""
+    keep = rows["kind"] == kind if "kind" in rows else pd.Series(False, index=rows.index)
+    for k, v in tags.items():
+        keep &= rows[k] == v if k in rows else False
+    out = rows.loc[keep].reindex(columns=list(columns)).reset_index(drop=True)
+    numeric = [c for c in ("x1", "y1", "x2", "y2", "score") if kind == BOXES and c in out]
+    return out.astype({c: float for c in numeric})
 
 
 # ----------------------------------------------------------------------------- approaches
@@ -279,7 +292,7 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
     from workbench.inference.tiled_inference import TileSettings, tiled_predict_image
     from workbench.inference.twostage import TwoStageSettings
 
-    tiles = TileSettings(tile=prof.tile, overlap=0.2, batch=prof.infer_batch)
+    tiles = TileSettings(tile=prof.tile, overlap=prof.overlap, batch=prof.infer_batch)
     s = prof.scale
 
     def tiled(det):
@@ -290,15 +303,21 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
         return scale_boxes(table, 1 / s), {}
 
     search = TwoStageSettings(region_conf=prof.count_thr, margin=prof.margin * s, region_merge=prof.guided_merge,
-                              canvas=prof.guided_canvas, batch=max(1, prof.infer_batch // 4))
+                              canvas=prof.guided_canvas, batch=canvas_batch(prof.infer_batch))
 
     def guided(img):
-        return guided_search(img, lambda im: tiled_predict_image(im, dets[NATIVE], settings=tiles),
-                             dets.get("search", dets.get(UPSAMPLED)), scale=s, settings=search)
+        table, info = guided_search(img, lambda im: tiled_predict_image(im, dets[NATIVE], settings=tiles),
+                                    dets.get("search", dets.get(UPSAMPLED)), scale=s, settings=search)
+        return table, {**info, "area_share": info["searched_share"]}
 
     table = {NATIVE: lambda: tiled(dets[NATIVE]), P2: lambda: tiled(dets[P2]),
              UPSAMPLED: lambda: upsampled, GUIDED: lambda: guided}
     return {a: table[a]() for a in prof.approaches}
+
+
+def canvas_batch(tile_batch: int) -> int:
+    """Canvases per detector call: a quarter of the tile batch (a canvas holds ~4 tiles' pixels)."""
+    return max(1, tile_batch // 4)
 
 
 def guided_search(image: np.ndarray, find_nuclei: Callable[[np.ndarray], pd.DataFrame], search: Any, *,
@@ -336,75 +355,139 @@ def guided_search(image: np.ndarray, find_nuclei: Callable[[np.ndarray], pd.Data
 
 # ----------------------------------------------------------------------------- the study
 
-@dataclass
-class MNResult:
-    profile: MNProfile
-    table: pd.DataFrame  # one row per approach (SUMMARY_COLUMNS)
-    criteria: pd.DataFrame  # approach x criterion x class: P/R/F1
-    frequency: pd.DataFrame  # approach x image: true and predicted MN frequency
-    clinical: pd.DataFrame  # approach x rate, against the micronucleus preset
-    sweep: pd.DataFrame  # approach x score threshold: MN recall / precision at centre <= 3 px
-    predictions: pd.DataFrame  # every approach's boxes (``approach`` column)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
 SUMMARY_COLUMNS = ["approach", "mn_recall_centre3", "mn_precision_centre3", "mn_recall_min8_iou50",
                    "mn_precision_min8_iou50", "mn_recall_iou50", "mn_precision_iou50", "mn_recall_centre3_any_score",
                    "nucleus_recall_iou50", "nucleus_precision_iou50", "freq_mae", "time_per_image_s"]
+TIMING_COLUMNS = ["approach", "image", "time_s", "stage1_s", "stage2_s", "area_share", "canvases", "regions"]
+PREDICTED_COLUMNS = [*BOX_COLUMNS, "image", "approach"]
 
 
-def run_study(profile: str | MNProfile = "smoke", *, work_dir: Path | None = None, device: str | None = None,
-              log: Callable[[str], None] = print) -> MNResult:
-    """Train (or reuse) the detectors, run every approach on the held-out images, score them."""
-    from workbench.core.device import describe_device, pick_device
-    from workbench.inference.tiled_inference import YoloDetector
+@register
+class MicronucleiStudy(Study):
+    """Native vs upsampled vs P2 vs nucleus-guided: one cell per detector, then ``evaluate``."""
 
-    prof = pick(profile, PROFILES)
-    dev = pick_device(device)
-    work = Path(work_dir) if work_dir else default_work_dir(prof)
-    runs = train_detectors(prof, work_dir=work, device=dev, log=log)
-    dets = {k: YoloDetector(r, conf=prof.conf, imgsz=prof.tile, max_det=1000, device=dev) for k, r in runs.items()}
-    if UPSAMPLED in dets:  # the same weights on the guided search's larger canvases (same pixel scale)
-        dets["search"] = YoloDetector(dets[UPSAMPLED].model, conf=prof.conf, imgsz=prof.guided_canvas, max_det=1000,
-                                      device=dev)
-    # every detector was trained on the same canonical images: one recorded 8-bit mapping
-    images = load_test_images(prof, dets[NATIVE if NATIVE in dets else next(iter(dets))].normalisation)
-    gt, true_mn, true_nuclei = load_truth(prof)
-    approaches = make_approaches(prof, dets)
+    name = "08_micronuclei"
+    profiles = PROFILES
+    default_dataset = "mnfinder"
+    profile: MNProfile
 
-    first = next(iter(images.values()))
-    for fn in approaches.values() if prof.warmup else ():
-        fn(first)
-    times: dict[tuple[str, str], list[float]] = {}
-    infos: dict[tuple[str, str], dict] = {}
-    preds: dict[tuple[str, str], pd.DataFrame] = {}
-    for r in range(max(1, prof.repeats)):
-        for name, img in images.items():
-            for a, fn in approaches.items():  # approaches take turns: shared-machine load falls on all alike
-                t0 = time.perf_counter()
-                table, info = fn(img)
-                times.setdefault((a, name), []).append(time.perf_counter() - t0)
-                infos[(a, name)] = {k: v for k, v in info.items() if k != "region_boxes"}
-                preds[(a, name)] = table.assign(image=name, approach=a)
-        log(f"[micronuclei] repeat {r + 1}/{max(1, prof.repeats)} done")
-    pred = pd.concat(preds.values(), ignore_index=True)
-    per_image = pd.DataFrame([{"approach": a, "image": i, "time_s": statistics.median(t), **infos[(a, i)]}
-                              for (a, i), t in times.items()])
-    result = score(prof, gt, true_mn, true_nuclei, pred, per_image, images=list(images),
-                   approaches=list(approaches))
-    _, train, test, note = split_images(prof)
-    result.info.update({"profile": asdict(prof), "runs": {k: str(v) for k, v in runs.items()},
-                        "run_ids": {k: v.name for k, v in runs.items()}, "train_images": train, "test_images": test,
-                        "n_true_mn": int((gt["class"] == MN).sum()), "n_true_nuclei": int((gt["class"] == NUCLEUS).sum()),
-                        "note": note, "device": describe_device(dev), "normalisation": str(dets[next(iter(dets))].normalisation),
-                        "command": f"python -m workbench notebook 08_micronuclei -p profile={prof.name}"})
-    result.info["per_image"] = per_image.to_dict(orient="records")
-    return result
+    def __init__(self, dataset: str | Path | None = None, *, work_dir: str | Path | None = None,
+                 **kwargs: Any) -> None:
+        if dataset is not None and str(dataset) != self.default_dataset:
+            raise ValueError(f"{self.name} studies {self.default_dataset} only (its split is fixed), got {dataset!r}")
+        super().__init__(self.default_dataset, work_dir=work_dir, **kwargs)
+        if work_dir is None:  # shared with notebook 07, whatever folder either notebook writes to
+            from workbench.core.paths import outputs_dir
+
+            self.work_dir = outputs_dir() / "micronuclei" / self.profile.name
+
+    def prepare(self) -> None:
+        p = self.profile
+        self.base, self.train_ids, self.test_ids, self.note = split_images(p)
+        scales = sorted({scale for _, scale in detector_specs(p).values()})
+        self.tiles = {s: prepare_tiles(p, self.work_dir, self.base, self.train_ids, scale=s) for s in scales}
+        self.gt, self.true_mn, self.true_nuclei = load_truth(self.base, self.test_ids)
+
+    def detector_key(self, name: str) -> str:
+        """The key of the cell that trains detector ``name`` (also its first run's folder name)."""
+        model, scale = detector_specs(self.profile)[name]
+        return f"mn_{name}_{Path(model).stem}_x{scale}_s{self.profile.seed}"
+
+    def detector_run(self, name: str) -> Path:
+        """The run folder of detector ``name`` (the continued run where the profile adds epochs)."""
+        key, extra = self.detector_key(name), self.profile.extra_epochs_upsampled
+        return self.work_dir / "runs" / (f"{key}_plus{extra}" if name == UPSAMPLED and extra else key)
+
+    def cells(self) -> list[Cell]:
+        dets = [self.cell(self.detector_key(name), detector=name, model=model, scale=scale)
+                for name, (model, scale) in detector_specs(self.profile).items()]
+        return [*dets, self.cell(EVALUATE, needs=[c.key for c in dets])]
+
+    def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        return self._evaluate() if cell.key == EVALUATE else self._train(cell)
+
+    def _train(self, cell: Cell) -> list[dict[str, Any]]:
+        """Train (or reuse, when finished with this config) one detector; the upsampled one
+        continues from its first run's best weights for ``extra_epochs_upsampled`` epochs."""
+        from workbench.models.runs import load_run
+
+        p, name = self.profile, str(cell.config["detector"])
+        t0 = time.perf_counter()
+        common = dict(model=str(cell.config["model"]), imgsz=p.tile, batch=p.batch, seed=p.seed, max_det=MAX_DET)
+        data = self.tiles[int(cell.config["scale"])]
+        run = self.train_or_reuse(self.work_dir / "runs" / cell.key, data, epochs=p.epochs, **common)
+        final = self.detector_run(name)
+        if final != run:
+            weights = run / "weights" / "best.pt"
+            if stale(final, weights):
+                shutil.rmtree(final)
+            run = self.train_or_reuse(final, data, epochs=p.extra_epochs_upsampled, pretrained=weights, **common)
+        self.log(f"[micronuclei] {name}: {run.name} ready in {time.perf_counter() - t0:.0f} s")
+        return [{"kind": "detector", "detector": name, "run_id": run.name, "train_s": load_run(run).get("duration_s")}]
+
+    def _evaluate(self) -> list[dict[str, Any]]:
+        """Time every approach on the held-out images; rows: timings and predicted boxes."""
+        from workbench.core.device import pick_device
+        from workbench.inference.tiled_inference import YoloDetector
+
+        p, dev = self.profile, pick_device(self.device)
+        dets = {k: YoloDetector(self.detector_run(k), conf=p.conf, imgsz=p.tile, max_det=MAX_DET, device=dev)
+                for k in detector_specs(p)}
+        if UPSAMPLED in dets:  # the same weights on the guided search's larger canvases (same pixel scale)
+            dets["search"] = YoloDetector(dets[UPSAMPLED].model, conf=p.conf, imgsz=p.guided_canvas, max_det=MAX_DET,
+                                          device=dev)
+        # every detector was trained on the same canonical images: one recorded 8-bit mapping
+        images = load_test_images(self.base, self.test_ids, next(iter(dets.values())).normalisation)
+        methods = [(a, "", fn) for a, fn in make_approaches(p, dets).items()]
+        per_image, boxes = time_methods(methods, images, repeats=p.repeats, log=self.log)
+        per_image = per_image.rename(columns={"method": "approach", "total_s": "time_s"})
+        boxes = boxes.rename(columns={"method": "approach"})
+        return measurement_rows(per_image[TIMING_COLUMNS], boxes[PREDICTED_COLUMNS])
+
+    def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        pred = measured(rows, BOXES, PREDICTED_COLUMNS)
+        timing = measured(rows, TIMING, TIMING_COLUMNS)
+        scored = score(self.profile, self.gt, self.true_mn, self.true_nuclei, pred, timing, images=self.test_ids,
+                       approaches=list(self.profile.approaches))
+        return {**scored, "mn_predictions": pred}
+
+    def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        return {"mn_frequency_scatter": frequency_scatter(tables["mn_frequency"]),
+                "mn_criteria": criteria_chart(tables["mn_criteria"])}
+
+    def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
+        p, n_mn, n_nuclei = self.profile, int((self.gt["class"] == MN).sum()), int((self.gt["class"] == NUCLEUS).sum())
+        what = {"mn_frequency_scatter": "Predicted vs true MN frequency per image (truth: parents from mask colours; "
+                                        f"predictions: nearest nucleus within {p.parent_distance:g} px).",
+                "mn_criteria": "Micronucleus recall and precision per approach under each matching criterion."}[name]
+        runs = ", ".join(self.detector_run(k).name for k in detector_specs(p))
+        return (f"{what} {len(self.test_ids)} held-out MNFinder validation images ({n_mn} MN, "
+                f"{n_nuclei} nuclei); detectors {runs} (seed {p.seed}); profile {p.name}; "
+                f"score >= {p.count_thr:g}. {self.note}").strip()
+
+    def settings(self) -> dict[str, Any]:
+        from workbench.evaluation import tiny_matching as tm
+
+        runs, gt = {k: self.detector_run(k) for k in detector_specs(self.profile)}, self.gt
+        return {"train_images": self.train_ids, "test_images": self.test_ids, "note": self.note,
+                "n_true_mn": int((gt["class"] == MN).sum()), "n_true_nuclei": int((gt["class"] == NUCLEUS).sum()),
+                "run_ids": {k: r.name for k, r in runs.items()}, "runs": {k: str(r) for k, r in runs.items()},
+                "fingerprints": {k: run_fingerprint(r) for k, r in runs.items()},
+                "criteria": {k: v.label() for k, v in tm.STANDARD.items()}, "work_dir": str(self.work_dir),
+                "command": f"python -m workbench notebook {self.name} -p profile={self.profile.name}"}
 
 
 def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei: pd.DataFrame, pred: pd.DataFrame,
-          per_image: pd.DataFrame, *, images: list[str], approaches: list[str] | None = None) -> MNResult:
-    """All tables of the study from the predictions of every approach (pure)."""
+          per_image: pd.DataFrame, *, images: list[str],
+          approaches: list[str] | None = None) -> dict[str, pd.DataFrame]:
+    """The study's scored tables from every approach's predictions (``approach`` column) and
+    per-image times (``approach image time_s``), pure:
+
+    ``mn_study`` (one row per approach, ``SUMMARY_COLUMNS``), ``mn_criteria`` (approach x
+    criterion x class: P/R/F1), ``mn_frequency`` (approach x image: true and predicted MN
+    frequency), ``mn_clinical`` (approach x rate, against the micronucleus preset) and
+    ``mn_sweep`` (approach x score threshold: MN recall / precision at centre <= 3 px).
+    """
     from workbench.evaluation import clinical
     from workbench.analysis import micronuclei as mnx
     from workbench.evaluation import tiny_matching as tm
@@ -429,7 +512,7 @@ def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei:
         freq_parts.append(comp)
         kept = p[p["score"] >= prof.count_thr]
         counts = tm.clinical_counts(gt, kept, positive=MN, criteria=tm.TINY_DEFAULTS, images=images)
-        rates = clinical.pass_fail(clinical.rates_from_counts(counts, n_boot=200, seed=prof.seed), "micronuclei")
+        rates = clinical.pass_fail(clinical.rates_from_counts(counts, n_boot=N_BOOT, seed=prof.seed), "micronuclei")
         clin_parts.append(rates.assign(approach=a, matching=str(tm.describe(tm.TINY_DEFAULTS))))
         t = per_image[per_image["approach"] == a]
         rows.append({"approach": a,
@@ -443,10 +526,10 @@ def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei:
                      "nucleus_precision_iou50": get("IoU0.5", NUCLEUS, "precision"),
                      "freq_mae": float(comp["frequency_error"].abs().mean()),
                      "time_per_image_s": float(t["time_s"].mean())})
-    return MNResult(prof, pd.DataFrame(rows)[SUMMARY_COLUMNS], pd.concat(crit_parts, ignore_index=True),
-                    pd.concat(freq_parts, ignore_index=True), pd.concat(clin_parts, ignore_index=True),
-                    pd.concat(sweep_parts, ignore_index=True), pred,
-                    {"count_thr": prof.count_thr, "criteria": {k: v.label() for k, v in tm.STANDARD.items()}})
+    return {"mn_study": pd.DataFrame(rows)[SUMMARY_COLUMNS], "mn_criteria": pd.concat(crit_parts, ignore_index=True),
+            "mn_frequency": pd.concat(freq_parts, ignore_index=True),
+            "mn_clinical": pd.concat(clin_parts, ignore_index=True),
+            "mn_sweep": pd.concat(sweep_parts, ignore_index=True)}
 
 
 SWEEP_THRESHOLDS = (0.01, 0.02, 0.05, 0.1, 0.25, 0.5)
@@ -476,16 +559,15 @@ def goal(table: pd.DataFrame, *, recall: float = 0.9, precision: float = 0.8) ->
     return out
 
 
-# ----------------------------------------------------------------------------- figures and files
+# ----------------------------------------------------------------------------- figures
 
 def frequency_scatter(freq: pd.DataFrame, *, title: str = "MN frequency per image: predicted vs true"):
-    """Predicted against true MN frequency, one marker per approach and image, identity line."""
-    import matplotlib
+    """Predicted against true MN frequency, one marker per approach and image, identity line
+    (a ``matplotlib.figure.Figure``, no pyplot state)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     for a, g in freq.groupby("approach", sort=False):
         ax.scatter(g["true_mn_frequency"], g["pred_mn_frequency"], label=a, s=45, edgecolor="k", alpha=0.8)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="identity")
@@ -497,16 +579,14 @@ def frequency_scatter(freq: pd.DataFrame, *, title: str = "MN frequency per imag
 
 
 def criteria_chart(criteria: pd.DataFrame, *, cls: str = MN, title: str = "Micronuclei: recall and precision by matching criterion"):
-    """Recall and precision of ``cls`` per approach, one group of bars per criterion."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    """Recall and precision of ``cls`` per approach, one group of bars per criterion (a Figure)."""
+    from matplotlib.figure import Figure
 
     t = criteria[criteria["class"] == cls]
     names = list(dict.fromkeys(t["criterion"]))
     approaches = list(dict.fromkeys(t["approach"]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    fig = Figure(figsize=(10, 3.8))
+    axes = fig.subplots(1, 2, sharey=True)
     width = 0.8 / max(len(approaches), 1)
     for ax, metric in zip(axes, ("recall", "precision")):
         for k, a in enumerate(approaches):
@@ -518,37 +598,3 @@ def criteria_chart(criteria: pd.DataFrame, *, cls: str = MN, title: str = "Micro
     axes[1].legend(fontsize=8)
     fig.suptitle(title)
     return fig
-
-
-def write_outputs(result: MNResult, out: Path) -> list[Path]:
-    """Tables (CSV), ``study.json`` and the two figures (PNG/PDF + caption) into ``out``."""
-    import json
-
-    from workbench.report.figures import save_figure
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in (("mn_study", result.table), ("mn_criteria", result.criteria),
-                        ("mn_frequency", result.frequency), ("mn_clinical", result.clinical),
-                        ("mn_sweep", result.sweep)):
-        table.to_csv(out / f"{name}.csv", index=False)
-        written.append(out / f"{name}.csv")
-    result.predictions.to_csv(out / "mn_predictions.csv", index=False)
-    written.append(out / "mn_predictions.csv")
-    (out / "study.json").write_text(json.dumps(result.info, indent=1, default=str) + "\n", encoding="utf-8")
-    written.append(out / "study.json")
-    info = result.info
-    prov = {"runs": info.get("run_ids"), "test_images": info.get("test_images"), "profile": result.profile.name,
-            "seed": result.profile.seed}
-    where = (f"{len(info.get('test_images', []))} held-out MNFinder validation images ({info.get('n_true_mn')} MN, "
-             f"{info.get('n_true_nuclei')} nuclei); profile {result.profile.name}; score >= {result.profile.count_thr:g}. "
-             f"{info.get('note', '')}").strip()
-    written += save_figure(frequency_scatter(result.frequency), out / "mn_frequency_scatter",
-                           caption="Predicted vs true MN frequency per image (truth: parents from mask colours; "
-                                   f"predictions: nearest nucleus within {result.profile.parent_distance:g} px). " + where,
-                           provenance=prov)
-    written += save_figure(criteria_chart(result.criteria), out / "mn_criteria",
-                           caption="Micronucleus recall and precision per approach under each matching criterion. " + where,
-                           provenance=prov)
-    return written

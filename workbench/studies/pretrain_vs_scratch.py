@@ -1,4 +1,4 @@
-"""The pretrain-vs-scratch study ("transferable cell recognition").
+"""The pretrain-vs-scratch study (notebook 03, "transferable cell recognition").
 
 Arms, each trained with every seed of the profile:
 
@@ -12,6 +12,9 @@ Arms, each trained with every seed of the profile:
 * label efficiency – ``fine-tune`` and ``scratch`` on nested subsets of the target training
   images (fractions of the profile).
 
+Cells: one pretraining run per seed, then one cell per (arm, seed, fraction); a fine-tune cell
+needs its seed's pretraining cell and finds its weights in that cell's run folder.
+
 Per-epoch curves are ultralytics' validation metrics of each run; the final numbers are
 recomputed with :mod:`workbench.evaluation.metrics` (equal to pycocotools) from the best weights'
 predictions on the same validation images, so all arms are scored by one matching.
@@ -19,35 +22,40 @@ predictions on the same validation images, so all arms are scored by one matchin
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Mapping
 
 import pandas as pd
 
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
 from workbench.data.subsets import subset_dataset
+from workbench.studies.base import Cell, Profile, Study, register
 
 SCRATCH, FINETUNE, EQUAL, PRETRAIN = "scratch", "fine-tune", "scratch, equal compute", "pretrain (source)"
+# run-folder prefix of each arm (cell keys are <prefix>_f<percent>_s<seed>)
+ARM_KEYS = {PRETRAIN: "pretrain", SCRATCH: "scratch", FINETUNE: "fine-tune", EQUAL: "scratch-eq"}
+SOURCE_OVERLAP = 0.1  # share of a source patch that overlaps its neighbour
+SOURCE_MIN_VISIBILITY = 0.5  # a nucleus cut by a patch edge is kept when this share of its box is inside
+SOURCE_RATIOS = (8, 2)  # train : val split of the source patches, grouped by MoNuSeg tile
+EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
 
 
 @dataclass(frozen=True)
-class TransferProfile:
-    name: str
-    model: str = "yolov8n.yaml"
-    imgsz: int = 640
-    pretrain_epochs: int = 100
-    finetune_epochs: int = 100
-    seeds: tuple[int, ...] = (0, 1, 2)
-    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
-    target_train: float | int = 1.0  # cap on target training images (share or count)
-    target_val: float | int = 1.0  # cap on target validation images
-    source_tile: int = 640  # MoNuSeg tiles are cut into patches of this size
-    full_source: bool = False  # use the fuller ../shared copy of the source when present
-    equal_compute: bool = True
-    batch: int | None = None
+class TransferProfile(Profile):
+    model: str = "yolov8n.yaml"  # architecture of every arm (YAML name: built, never downloaded)
+    imgsz: int = 640  # training and inference image size (px)
+    pretrain_epochs: int = 100  # epochs of the source pretraining on MoNuSeg patches
+    finetune_epochs: int = 100  # epochs of scratch and fine-tune on the target (equal compute adds to it)
+    seeds: tuple[int, ...] = (0, 1, 2)  # every arm, pretraining included, is trained once per seed
+    fractions: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)  # shares of the target training images (nested per seed)
+    target_train: float | int = 1.0  # cap on target training images: a share (float) or a count (int); 1.0 = all
+    target_val: float | int = 1.0  # cap on target validation images, the same way
+    source_tile: int = 640  # side of the patches MoNuSeg's images are cut into (px)
+    full_source: bool = False  # use the fuller ../shared copy of MoNuSeg when present
+    equal_compute: bool = True  # also train the equal-compute scratch arm (all target images)
+    batch: int | None = None  # training batch (images); None: what fits the device
 
 
 PROFILES = {
@@ -66,25 +74,16 @@ PROFILES = {
 }
 
 
-@dataclass
-class TransferResult:
-    profile: TransferProfile
-    runs: pd.DataFrame  # one row per run: arm, seed, fraction, run_dir, epochs, duration_s, map50, map50_95
-    epochs: pd.DataFrame  # one row per run and epoch: arm, seed, fraction, epoch, mAP50, mAP50_95
-    datasets: dict[str, Any] = field(default_factory=dict)
-
-    def summary(self) -> pd.DataFrame:
-        """Final metrics per arm and fraction: mean, min, max over seeds."""
-        r = self.runs[self.runs["arm"] != PRETRAIN]
-        return (r.groupby(["arm", "fraction"])[["map50", "map50_95", "duration_s"]]
-                .agg(["mean", "min", "max"]).round(4))
-
-
 def equal_compute_epochs(profile: TransferProfile, n_source_train: int, n_target_train: int) -> int:
     """Epochs for the equal-compute scratch arm (see the module docstring)."""
     if n_target_train < 1:
         raise ValueError("the target training split is empty")
     return profile.finetune_epochs + math.ceil(profile.pretrain_epochs * n_source_train / n_target_train)
+
+
+def run_key(arm: str, seed: int, fraction: float) -> str:
+    """The cell key (and run folder name) of one arm, seed and fraction."""
+    return f"{ARM_KEYS[arm]}_f{int(round(fraction * 100))}_s{seed}"
 
 
 def prepare_source(profile: TransferProfile, cache: Path) -> Path:
@@ -95,22 +94,21 @@ def prepare_source(profile: TransferProfile, cache: Path) -> Path:
     out = cache / f"monuseg_tiles{profile.source_tile}{'_full' if profile.full_source else ''}"
     if not (out / "meta.csv").exists():
         base = datasets.prepare("monuseg", full=profile.full_source)
-        tile_dataset(base, out, tile=profile.source_tile, overlap=0.1, min_visibility=0.5, overwrite=True)
-        split_dataset(out, ratios=(8, 2), seed=0, group_by="tile_of", keep_existing=False)
+        tile_dataset(base, out, tile=profile.source_tile, overlap=SOURCE_OVERLAP,
+                     min_visibility=SOURCE_MIN_VISIBILITY, overwrite=True)
+        split_dataset(out, ratios=SOURCE_RATIOS, seed=0, group_by="tile_of", keep_existing=False)
     return out
 
 
 def prepare_target(target: str | Path, profile: TransferProfile, cache: Path, *, fmt: str | None = None,
                    seeds: tuple[int, ...] = ()) -> dict[tuple[int, float], Path]:
     """The target set capped by the profile, and nested training subsets per (seed, fraction)."""
-    base = datasets.prepare(target, fmt=fmt)
+    base = Path(datasets.prepare(target, fmt=fmt))
     name = Path(str(target)).name
-    capped = cache / f"{name}_{profile.name}"
-    if not (capped / "meta.csv").exists():
-        keep = {k: v for k, v in (("train", profile.target_train), ("val", profile.target_val)) if v != 1.0}
-        subset_dataset(base, capped, keep=keep, seed=0, overwrite=True) if keep else None
-        if not keep:
-            capped = Path(base)
+    keep = {k: v for k, v in (("train", profile.target_train), ("val", profile.target_val)) if v != 1.0}
+    capped = cache / f"{name}_{profile.name}" if keep else base
+    if keep and not (capped / "meta.csv").exists():
+        subset_dataset(base, capped, keep=keep, seed=0, overwrite=True)
     out: dict[tuple[int, float], Path] = {}
     for seed in seeds:
         for frac in profile.fractions:
@@ -124,142 +122,143 @@ def prepare_target(target: str | Path, profile: TransferProfile, cache: Path, *,
     return out
 
 
-def _n_train(ds: Path) -> int:
+def n_train(ds: Path) -> int:
+    """Training images of a canonical dataset."""
     return int((read_meta(ds)["split"] == "train").sum())
 
 
-def run_study(target: str | Path = "bccd", *, profile: str | TransferProfile = "smoke", out_dir: Path,
-              fmt: str | None = None, device: str | None = None, workers: int | None = None,
-              log: Callable[[str], None] = print) -> TransferResult:
-    """Train every arm (reusing finished runs in ``out_dir/runs``) and collect the tables."""
-    from workbench.studies.base import pick
-    from workbench.models.runs import finished_with, load_run
-    from workbench.models.yolo import train
+@register
+class PretrainVsScratchStudy(Study):
+    """Pretrain on MoNuSeg, fine-tune on the target vs scratch (and equal-compute scratch)."""
 
-    prof = pick(profile, PROFILES)
-    out_dir = Path(out_dir)
-    cache, runs_root = out_dir / "data", out_dir / "runs"
-    cache.mkdir(parents=True, exist_ok=True)
-    source = prepare_source(prof, cache)
-    targets = prepare_target(target, prof, cache, fmt=fmt, seeds=prof.seeds)
-    n_src = _n_train(source)
+    name = "03_pretrain_vs_scratch"
+    profiles = PROFILES
+    profile: TransferProfile
 
-    rows, curves = [], []
+    def prepare(self) -> None:
+        cache = self.work_dir / "data"
+        cache.mkdir(parents=True, exist_ok=True)
+        self.source = prepare_source(self.profile, cache)
+        self.targets = prepare_target(self.dataset, self.profile, cache, fmt=self.fmt, seeds=self.profile.seeds)
 
-    def run(arm: str, seed: int, frac: float, dataset: Path, epochs: int, pretrained: Path | None = None) -> Path:
-        name = f"{arm.split(' ')[0].replace(',', '')}{'-eq' if arm == EQUAL else ''}_f{int(frac * 100)}_s{seed}"
-        run_dir = runs_root / name
-        if finished_with(run_dir, model=prof.model, epochs=epochs, imgsz=prof.imgsz, batch=prof.batch,
-                         pretrained=pretrained):
-            log(f"[transfer] reuse {name}")
-        else:
-            if run_dir.exists():
-                import shutil
+    def cells(self) -> list[Cell]:
+        p, out = self.profile, []
+        for seed in p.seeds:
+            pre = run_key(PRETRAIN, seed, 1.0)
+            out.append(self.cell(pre, arm=PRETRAIN, seed=seed, fraction=1.0))
+            for frac in p.fractions:
+                frac = min(float(frac), 1.0)
+                out.append(self.cell(run_key(SCRATCH, seed, frac), arm=SCRATCH, seed=seed, fraction=frac))
+                out.append(self.cell(run_key(FINETUNE, seed, frac), needs=[pre], arm=FINETUNE, seed=seed,
+                                     fraction=frac))
+                if p.equal_compute and frac >= 1.0:
+                    out.append(self.cell(run_key(EQUAL, seed, frac), arm=EQUAL, seed=seed, fraction=frac))
+        return out
 
-                shutil.rmtree(run_dir)  # an unfinished earlier attempt: start it again cleanly
-            t0 = time.perf_counter()
-            train(dataset, model=prof.model, epochs=epochs, imgsz=prof.imgsz, batch=prof.batch, seed=seed,
-                  device=device, pretrained=pretrained, run_name=name, runs_root=runs_root, workers=workers)
-            log(f"[transfer] {name}: {epochs} epochs in {time.perf_counter() - t0:.0f} s")
+    def run_dir(self, key: str) -> Path:
+        """The run folder of the cell ``key``."""
+        return self.work_dir / "runs" / key
+
+    def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        from workbench.models.runs import load_run
+
+        p, arm = self.profile, str(cell.config["arm"])
+        seed, frac = int(cell.config["seed"]), float(cell.config["fraction"])
+        ds = self.source if arm == PRETRAIN else self.targets[(seed, frac)]
+        epochs = p.pretrain_epochs if arm == PRETRAIN else p.finetune_epochs
+        if arm == EQUAL:
+            epochs = equal_compute_epochs(p, n_train(self.source), n_train(ds))
+        pretrained = None
+        if arm == FINETUNE:
+            pretrained = self.run_dir(cell.needs[0]) / "weights" / "best.pt"
+            if not pretrained.is_file():
+                raise FileNotFoundError(f"{cell.key} needs the pretraining cell {cell.needs[0]} first ({pretrained})")
+        run_dir = self.train_or_reuse(self.run_dir(cell.key), ds, model=p.model, epochs=epochs, imgsz=p.imgsz,
+                                      batch=p.batch, seed=seed, pretrained=pretrained)
         rec = load_run(run_dir)
         m = rec["metrics"]
-        final = _final_metrics(run_dir, dataset)
-        rows.append({"arm": arm, "seed": seed, "fraction": frac, "run_id": name, "run_dir": str(run_dir),
-                     "dataset": str(dataset), "train_images": _n_train(dataset), "epochs": epochs,
-                     "duration_s": rec.get("duration_s"),
-                     "dataset_sha256": (rec.get("dataset", {}).get("fingerprint") or {}).get("sha256", "")[:12],
-                     **final})
-        if m is not None and len(m):
-            curves.append(m.reindex(columns=["epoch", "mAP50", "mAP50_95"]).assign(
-                arm=arm, seed=seed, fraction=frac, run_id=name))
-        return run_dir
+        curve = [] if m is None else [{"epoch": int(e), "mAP50": float(a), "mAP50_95": float(b)} for e, a, b in
+                                      m.reindex(columns=["epoch", "mAP50", "mAP50_95"]).itertuples(index=False)]
+        sha = (rec.get("dataset", {}).get("fingerprint") or {}).get("sha256", "")[:12]
+        return [{"arm": arm, "seed": seed, "fraction": frac, "run_id": cell.key, "run_dir": str(run_dir),
+                 "dataset": str(ds), "train_images": n_train(ds), "epochs": epochs,
+                 "duration_s": rec.get("duration_s"), "dataset_sha256": sha,
+                 **self._final_metrics(run_dir, ds), "curve": curve}]
 
-    for seed in prof.seeds:
-        pre = run(PRETRAIN, seed, 1.0, source, prof.pretrain_epochs)
-        pre_w = pre / "weights" / "best.pt"
-        for frac in prof.fractions:
-            ds = targets[(seed, frac)]
-            run(SCRATCH, seed, frac, ds, prof.finetune_epochs)
-            run(FINETUNE, seed, frac, ds, prof.finetune_epochs, pretrained=pre_w)
-            if prof.equal_compute and frac >= 1.0:
-                run(EQUAL, seed, frac, ds, equal_compute_epochs(prof, n_src, _n_train(ds)))
-    runs = pd.DataFrame(rows)
-    epochs = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame()
-    info = {"source": str(source), "source_train_images": n_src,
-            "targets": {f"seed{s}_f{f}": str(p) for (s, f), p in targets.items()},
-            "profile": asdict(prof)}
-    return TransferResult(prof, runs, epochs, info)
+    def _final_metrics(self, run_dir: Path, dataset: Path) -> dict[str, float]:
+        """mAP of the run's best weights on the dataset's val split, by workbench.evaluation.metrics."""
+        from workbench.core.device import pick_device
+        from workbench.evaluation.files import evaluate_tables, load_ground_truth
+        from workbench.inference.predict import predict
+
+        gt = load_ground_truth(dataset, split="val")
+        pred = predict(run_dir, dataset, split="val", conf=EVAL_CONF, device=pick_device(self.device))
+        doc, _ = evaluate_tables(gt, pred, n_boot=0)
+        return {"map50": doc["map50"], "map50_95": doc["map50_95"]}
+
+    def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
+        runs = rows.drop(columns=["cell", "curve"], errors="ignore")
+        return {"runs": runs, "epochs": epoch_table(rows), "headline": headline(runs), "summary": summary(runs)}
+
+    def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        """mAP50 / mAP50-95 against epoch per arm (full data), and the label-efficiency curve."""
+        import matplotlib.pyplot as plt
+
+        from workbench.report.study_plots import metric_curves
+
+        figs = {}
+        ep = tables["epochs"]
+        ep = ep[(ep["fraction"] >= 1.0) & (ep["arm"] != PRETRAIN)] if len(ep) else ep
+        if len(ep):
+            figs["map50_vs_epoch"] = metric_curves(ep, y="mAP50", title="Target val mAP50 (shaded: min-max over seeds)")
+            figs["map50_95_vs_epoch"] = metric_curves(ep, y="mAP50_95", ylabel="mAP50-95",
+                                                      title="Target val mAP50-95 (shaded: min-max over seeds)")
+        runs = tables["runs"]
+        le = runs[runs["arm"].isin([SCRATCH, FINETUNE])]
+        if le["fraction"].nunique() > 1:
+            figs["label_efficiency"] = metric_curves(le, x="fraction", y="map50",
+                                                     ylabel="mAP50 (workbench.evaluation.metrics)",
+                                                     title="Label efficiency: share of target training images")
+        for fig in figs.values():
+            plt.close(fig)  # metric_curves draws with pyplot; the Figure objects stay usable
+        return figs
+
+    def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
+        p, runs = self.profile, tables["runs"]
+        return (f"Pretrain (MoNuSeg H&E nuclei) vs scratch on the target set {Path(self.dataset).name}, "
+                f"profile {p.name}, seeds {list(p.seeds)}; final mAP by workbench.evaluation.metrics on the "
+                f"validation images. Equal-compute scratch: {p.finetune_epochs} epochs plus the pretraining's "
+                f"images seen. runs: {', '.join(runs['run_id'])}; dataset fingerprints (sha256, first 12): "
+                f"{', '.join(sorted(set(runs['dataset_sha256'])))}.")
+
+    def settings(self) -> dict[str, Any]:
+        return {"source": str(self.source), "source_train_images": n_train(self.source),
+                "targets": {f"seed{s}_f{f}": str(d) for (s, f), d in self.targets.items()}}
 
 
-def _final_metrics(run_dir: Path, dataset: Path) -> dict[str, float]:
-    """mAP of the run's best weights on the dataset's val split, by workbench.evaluation.metrics."""
-    from workbench.evaluation.files import evaluate_tables, load_ground_truth
-    from workbench.inference.predict import predict
+# ----------------------------------------------------------------------------- tables
 
-    gt = load_ground_truth(dataset, split="val")
-    pred = predict(run_dir, dataset, split="val", conf=0.001, device="cpu" if _cpu_only() else None)
-    doc, _ = evaluate_tables(gt, pred, n_boot=0)
-    return {"map50": doc["map50"], "map50_95": doc["map50_95"]}
+def epoch_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One row per run and epoch (ultralytics' validation mAP50, mAP50-95), from the cells' curves."""
+    cols = ["epoch", "mAP50", "mAP50_95", "arm", "seed", "fraction", "run_id"]
+    out = [{**point, **{k: r[k] for k in cols[3:]}} for r in rows.to_dict("records") for point in r.get("curve") or []]
+    return pd.DataFrame(out, columns=cols)
 
 
-def _cpu_only() -> bool:
-    from workbench.core.device import pick_device
-
-    return pick_device(None) == "cpu"
-
-
-# ----------------------------------------------------------------------------- reporting
-
-def provenance(result: TransferResult) -> dict[str, Any]:
-    """What a figure caption must carry: profile, seeds, run ids, dataset fingerprints."""
-    r = result.runs
-    return {"profile": result.profile.name, "seeds": list(result.profile.seeds),
-            "runs": r["run_id"].tolist(), "datasets": sorted(set(r["dataset_sha256"]))}
+def summary(runs: pd.DataFrame) -> pd.DataFrame:
+    """Final metrics per arm and fraction (pretraining left out): mean, min, max over seeds."""
+    r = runs[runs["arm"] != PRETRAIN]
+    t = r.groupby(["arm", "fraction"])[["map50", "map50_95", "duration_s"]].agg(["mean", "min", "max"]).round(4)
+    t.columns = [f"{metric}_{stat}" for metric, stat in t.columns]
+    return t.reset_index()
 
 
-def headline(result: TransferResult) -> pd.DataFrame:
+def headline(runs: pd.DataFrame) -> pd.DataFrame:
     """Fine-tune minus scratch (and minus equal-compute scratch) per seed, at full data."""
-    r = result.runs[result.runs["fraction"] >= 1.0].pivot_table(index="seed", columns="arm",
-                                                                 values=["map50", "map50_95"])
+    r = runs[runs["fraction"] >= 1.0].pivot_table(index="seed", columns="arm", values=["map50", "map50_95"])
     out = pd.DataFrame(index=r.index)
     for metric in ("map50", "map50_95"):
         out[f"{metric}: fine-tune - scratch"] = r[(metric, FINETUNE)] - r[(metric, SCRATCH)]
         if (metric, EQUAL) in r:
             out[f"{metric}: fine-tune - equal-compute scratch"] = r[(metric, FINETUNE)] - r[(metric, EQUAL)]
     return out.reset_index()
-
-
-def figures(result: TransferResult) -> dict[str, Any]:
-    """mAP50 / mAP50-95 against epoch per arm (full data), and the label-efficiency curve."""
-    from workbench.report.study_plots import metric_curves
-
-    figs = {}
-    ep = result.epochs[(result.epochs["fraction"] >= 1.0) & (result.epochs["arm"] != PRETRAIN)]
-    if len(ep):
-        figs["map50_vs_epoch"] = metric_curves(ep, y="mAP50", title="Target val mAP50 (shaded: min-max over seeds)")
-        figs["map50_95_vs_epoch"] = metric_curves(ep, y="mAP50_95", ylabel="mAP50-95",
-                                                  title="Target val mAP50-95 (shaded: min-max over seeds)")
-    le = result.runs[result.runs["arm"].isin([SCRATCH, FINETUNE])]
-    if le["fraction"].nunique() > 1:
-        figs["label_efficiency"] = metric_curves(le, x="fraction", y="map50", ylabel="mAP50 (workbench.evaluation.metrics)",
-                                                 title="Label efficiency: share of target training images")
-    return figs
-
-
-def write_outputs(result: TransferResult, out: Path) -> list[Path]:
-    """CSV tables and PNG/PDF figures (captions carry run ids, seeds, dataset fingerprints)."""
-    from workbench.report.figures import save_figure
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, table in (("runs", result.runs), ("epochs", result.epochs), ("headline", headline(result))):
-        table.to_csv(out / f"{name}.csv", index=False)
-        written.append(out / f"{name}.csv")
-    result.summary().to_csv(out / "summary.csv")
-    prov = provenance(result)
-    for name, fig in figures(result).items():
-        written += save_figure(fig, out / name, provenance=prov,
-                               caption=f"Pretrain (MoNuSeg H&E nuclei) vs scratch on the target set, "
-                                       f"profile {prov['profile']}, seeds {prov['seeds']}.")
-    return written

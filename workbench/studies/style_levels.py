@@ -16,29 +16,33 @@ kept as ultralytics' own validation set for choosing ``best.pt``):
 
 Training length follows the lab's rule of thumb (:func:`workbench.data.library.composition.training_length`)
 unless the profile overrides the epochs; both values go into each run's ``run.json``.
+
+Cells: one per (library, seed), i.e. per level subset and per incremental step; :meth:`StyleLevelsStudy.prepare`
+writes every library, each cell trains on its own and scores the fixed test split.
 """
 from __future__ import annotations
 
-import shutil
-import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
-from workbench.models.runs import record_training_length
-from workbench.data.library.composition import (
-    Composition, compose, parse_ratios, training_length)
 from workbench.data.library.builder import Batch, library_meta, partition, write_library
+from workbench.data.library.composition import Composition, compose, parse_ratios, training_length
 from workbench.data.library.style_levels import (
     LEVEL, LevelRule, StyleLevels, crowding_groups, crowding_text, derive_levels, level_name, measure)
+from workbench.studies.base import Cell, Profile, Study, register
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 LEVELS, INCREMENTAL = "level subsets", "incremental"
 GROUPS = ("good", "dense", "sparse")  # composition groups, in the lab's 6:2:2 order
+EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
 
 
 @dataclass(frozen=True)
@@ -60,26 +64,25 @@ TARGETS = {
 
 
 @dataclass(frozen=True)
-class StyleProfile:
-    name: str
-    model: str = "yolov8n.yaml"
-    imgsz: int = 640
-    batch: int = 16
-    seeds: tuple[int, ...] = (0, 1, 2)
-    incremental_seeds: tuple[int, ...] | None = None  # None: the same as seeds
-    n_levels: int = 3
-    subsets: tuple[tuple[int, ...], ...] = ((0,), (0, 1), (0, 1, 2))
-    subset_images: int | None = None  # equal training size per level subset (None: smallest subset)
-    val_images: int = 20  # fixed ultralytics validation images, taken from the official val split
-    test_images: int | None = None  # fixed test images (None: the rest of the official val split)
-    base_images: int = 60
-    batch_images: tuple[int, ...] = (40, 40)  # extension batch sizes
-    last_weight: int = 1  # repeat factor of the newest batch
-    ratios: str = "6:2:2"  # good : dense : sparse
-    min_positive: float = 0.2  # at least one positive image in every 5
-    factor: float = 2.0  # rule of thumb: iterations = factor x images
-    epochs: int | None = None  # override of the rule of thumb (recorded as such)
-    score_thr: float = 0.25  # clinical rates count predictions at or above this score
+class StyleProfile(Profile):
+    model: str = "yolov8n.yaml"  # architecture of every run (YAML name: built, never downloaded)
+    imgsz: int = 640  # training and inference image size (px)
+    batch: int = 16  # training batch (images); also sets the rule of thumb's steps per epoch
+    seeds: tuple[int, ...] = (0, 1, 2)  # seeds of the level-subset runs (each draws its own subsets)
+    incremental_seeds: tuple[int, ...] | None = None  # seeds of the incremental runs; None: the same as seeds
+    n_levels: int = 3  # style levels derived from the level column (quantile bins of the training pool)
+    subsets: tuple[tuple[int, ...], ...] = ((0,), (0, 1), (0, 1, 2))  # level subsets trained on, one run each
+    subset_images: int | None = None  # training images of every level subset (equal); None: the smallest subset's
+    val_images: int = 20  # fixed ultralytics validation images (choose best.pt), from the official val split
+    test_images: int | None = None  # fixed test images; None: the rest of the official val split
+    base_images: int = 60  # images of the composed base library (incremental experiment)
+    batch_images: tuple[int, ...] = (40, 40)  # images of each extension batch, added in this order
+    last_weight: int = 1  # repeat factor of the newest batch in each step (1: no repeat)
+    ratios: str = "6:2:2"  # good : dense : sparse shares of the base library
+    min_positive: float = 0.2  # least share of positive images in the base library (0.2: one in 5)
+    factor: float = 2.0  # rule of thumb: optimiser iterations = factor x training images
+    epochs: int | None = None  # override of the rule of thumb (recorded as such); None: the rule
+    score_thr: float = 0.25  # clinical rates count predictions at or above this score (0-1)
 
 
 PROFILES = {
@@ -106,28 +109,6 @@ class StudyData:
     images: pd.DataFrame  # image_id, role (train/val/test), measurements, style_level, group, positive
     levels: StyleLevels
     groups: StyleLevels
-
-
-@dataclass
-class StyleResult:
-    profile: StyleProfile
-    runs: pd.DataFrame  # one row per run
-    per_level: pd.DataFrame  # one row per run x test level (and 'all'): mAP and clinical rates
-    images: pd.DataFrame
-    composition: Composition
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def heatmap(self, value: str = "map50") -> pd.DataFrame:
-        """Train subset x test level, mean over seeds (level-subset experiment)."""
-        t = self.per_level[self.per_level["experiment"] == LEVELS]
-        return t.pivot_table(index="train_subset", columns="test_level", values=value, aggfunc="mean",
-                             sort=False)
-
-    def incremental(self) -> pd.DataFrame:
-        """Metric vs library size (all test images), one row per step and seed."""
-        t = self.per_level[(self.per_level["experiment"] == INCREMENTAL) & (self.per_level["test_level"] == "all")]
-        return t[["step", "key", "train_images", "seed", "map50", "map50_95", "detection_rate", "fn_rate",
-                  "fp_rate", "classification_rate"]].rename(columns={"key": "library"}).reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -259,50 +240,16 @@ def _train_entries(library: Path) -> int:
     return sum(1 for line in (library / "train.txt").read_text().splitlines() if line.strip())
 
 
-def train_or_reuse(library: Path, run_dir: Path, prof: StyleProfile, seed: int, *, device: str | None,
-                   workers: int | None, record: Mapping[str, Any], log: Callable[[str], None]) -> tuple[Path, dict]:
-    """Train on ``library`` (epochs from the rule of thumb or the override) unless a finished
-    run with the same settings exists; record the training length in ``run.json``."""
-    from workbench.models.runs import finished_with
-    from workbench.models.yolo import train
-
-    length = training_length(_train_entries(library), batch=prof.batch, factor=prof.factor, epochs=prof.epochs)
-    if finished_with(run_dir, model=prof.model, epochs=length.epochs, imgsz=prof.imgsz, batch=prof.batch) \
-            and _same_data(run_dir, library):
-        log(f"[style] reuse {run_dir.name}")
-    else:
-        if run_dir.exists():
-            shutil.rmtree(run_dir)  # an unfinished or differently configured earlier attempt
-        t0 = time.perf_counter()
-        train(library, model=prof.model, epochs=length.epochs, imgsz=prof.imgsz, batch=prof.batch, seed=seed,
-              device=device, run_name=run_dir.name, runs_root=run_dir.parent, workers=workers)
-        log(f"[style] {run_dir.name}: {length.epochs} epochs in {time.perf_counter() - t0:.0f} s")
-    record_training_length(run_dir, length)
-    from workbench.models.runs import update_run_record
-
-    rec = update_run_record(run_dir, style_study=dict(record))
-    return run_dir, {"epochs": length.epochs, "epochs_rule": length.epochs_rule, "iterations_rule": length.iterations,
-                     "duration_s": rec.get("duration_s")}
-
-
-def _same_data(run_dir: Path, library: Path) -> bool:
-    """The finished run was trained on this library's current images, labels and split lists."""
-    from workbench.models.runs import dataset_fingerprint, read_run_record
-
-    got = (read_run_record(run_dir).get("dataset") or {}).get("fingerprint") or {}
-    now = dataset_fingerprint(library)
-    return got.get("sha256") == now["sha256"] and got.get("splits") == now["splits"]
-
-
-def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: TargetSpec) -> pd.DataFrame:
+def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: TargetSpec, *,
+                    device: str | None = None) -> pd.DataFrame:
     """mAP50 / mAP50-95 (workbench.evaluation.metrics) and clinical rates on the test split, per style level and 'all'."""
-    from workbench.evaluation.clinical import clinical_rates
     from workbench.core.device import pick_device
+    from workbench.evaluation.clinical import clinical_rates
     from workbench.evaluation.files import evaluate_tables, load_ground_truth
     from workbench.inference.predict import predict
 
     gt = load_ground_truth(library, split="test")
-    pred = predict(run_dir, library, split="test", conf=0.001, device="cpu" if pick_device(None) == "cpu" else None)
+    pred = predict(run_dir, library, split="test", conf=EVAL_CONF, device=pick_device(device))
     meta = gt.meta.reset_index()
     meta[LEVEL] = meta[LEVEL].astype(int).astype(str)
     rates = clinical_rates(gt.boxes, pred, positive=[c for c in spec.positive if c in gt.classes], group_by=LEVEL,
@@ -318,129 +265,179 @@ def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: Targ
     return pd.DataFrame(rows)
 
 
-def run_study(target: str | Path = "bccd", *, profile: str | StyleProfile = "smoke", out_dir: Path,
-              fmt: str | None = None, device: str | None = None, workers: int | None = None,
-              seeds: Sequence[int] | None = None, log: Callable[[str], None] = print) -> StyleResult:
-    """Both experiments (reusing finished runs under ``out_dir/runs``); tables in the result.
+def run_key(experiment: str, key: str, seed: int) -> str:
+    """The cell key (and run folder name) of one library and seed: ``lv_0-2_s0``, ``inc_base_b1_s0``."""
+    return f"{'lv' if experiment == LEVELS else 'inc'}_{key.replace('+', '_').replace(',', '_')}_s{seed}"
+
+
+@register
+class StyleLevelsStudy(Study):
+    """Level subsets x test levels, and incremental library additions, on one fixed test split.
 
     ``seeds`` replaces the profile's seeds for both experiments (each seed draws its own
     subsets, base and batches).
     """
-    from workbench.studies.base import pick
 
-    prof = pick(profile, PROFILES)
-    if seeds is not None:
-        prof = replace(prof, seeds=tuple(int(s) for s in seeds), incremental_seeds=None)
-    spec = spec_for(target)
-    out_dir = Path(out_dir)
-    cache, runs_root = out_dir / "data", out_dir / "runs"
-    cache.mkdir(parents=True, exist_ok=True)
-    data = prepare_data(target, prof, fmt=fmt)
-    runs, scores = [], []
-    comp = None
+    name = "02_style_levels"
+    profiles = PROFILES
+    profile: StyleProfile
 
-    def one(experiment: str, key: str, library: Path, seed: int, extra: dict[str, Any]) -> None:
-        run_dir = runs_root / f"{'lv' if experiment == LEVELS else 'inc'}_{key.replace('+', '_')}_s{seed}"
-        rec = {"experiment": experiment, "key": key, "seed": seed, "profile": prof.name, **extra,
-               "levels_rule": data.levels.rule.to_dict()}
-        _, info = train_or_reuse(library, run_dir, prof, seed, device=device, workers=workers, record=rec, log=log)
-        row = {"experiment": experiment, "key": key, "seed": seed, "run_id": run_dir.name,
-               "train_images": int((read_meta(library)["split"] == "train").sum()),
-               "train_list_entries": _train_entries(library), **extra, **info, "library_dir": str(library)}
-        runs.append(row)
+    def __init__(self, dataset: str | Path | None = None, *, seeds: Sequence[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.seeds = None if seeds is None else [int(s) for s in seeds]
+        if self.seeds is not None:
+            self.profile = replace(self.profile, seeds=tuple(self.seeds), incremental_seeds=None)
+
+    def study_args(self) -> dict[str, Any]:
+        return {**super().study_args(), "seeds": self.seeds}
+
+    @property
+    def incremental_seeds(self) -> tuple[int, ...]:
+        p = self.profile
+        return p.seeds if p.incremental_seeds is None else p.incremental_seeds
+
+    def prepare(self) -> None:
+        """Measure and level the dataset, fix the splits and write every run's library (idempotent)."""
+        p, cache = self.profile, self.work_dir / "data"
+        cache.mkdir(parents=True, exist_ok=True)
+        self.spec = spec_for(self.dataset)
+        self.data = prepare_data(self.dataset, p, fmt=self.fmt)
+        self.libraries: dict[str, Path] = {}  # cell key -> library folder
+        for seed in p.seeds:
+            for name, lib in level_subset_libraries(self.data, p, cache, seed).items():
+                self.libraries[run_key(LEVELS, name, seed)] = lib
+        self.composition: Composition | None = None  # the first incremental seed's base library
+        for seed in self.incremental_seeds:
+            steps, comp = incremental_libraries(self.data, p, cache, seed)
+            self.composition = self.composition or comp
+            for name, lib in steps:
+                self.libraries[run_key(INCREMENTAL, name, seed)] = lib
+
+    def cells(self) -> list[Cell]:
+        p, out = self.profile, []
+        for seed in p.seeds:
+            for levels in p.subsets:
+                name = level_name(levels)
+                out.append(self.cell(run_key(LEVELS, name, seed), experiment=LEVELS, library=name, seed=seed,
+                                     train_subset=name, step=None))
+        for seed in self.incremental_seeds:
+            for step in range(len(p.batch_images) + 1):
+                name = "base" + "".join(f"+b{k + 1}" for k in range(step))
+                out.append(self.cell(run_key(INCREMENTAL, name, seed), experiment=INCREMENTAL, library=name,
+                                     seed=seed, train_subset=None, step=step))
+        return out
+
+    def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        """Train on the cell's library (epochs from the rule of thumb or the override; the training
+        length and the study's record go into ``run.json``), then score per test level."""
+        from workbench.models.runs import record_training_length, update_run_record
+
+        p, c = self.profile, dict(cell.config)
+        library, seed = self.libraries[cell.key], int(c["seed"])
+        length = training_length(_train_entries(library), batch=p.batch, factor=p.factor, epochs=p.epochs)
+        run_dir = self.train_or_reuse(self.work_dir / "runs" / cell.key, library, model=p.model,
+                                      epochs=length.epochs, imgsz=p.imgsz, batch=p.batch, seed=seed)
+        record_training_length(run_dir, length)
+        extra = {"train_subset": c["train_subset"], "step": c["step"]}
+        rec = update_run_record(run_dir, style_study={"experiment": c["experiment"], "key": c["library"], "seed": seed,
+                                                      "profile": p.name, **extra,
+                                                      "levels_rule": self.data.levels.rule.to_dict()})
+        scores = score_per_level(run_dir, library, p, self.spec, device=self.device)
+        return [{"experiment": c["experiment"], "key": c["library"], "seed": seed, "run_id": cell.key,
+                 "train_images": int((read_meta(library)["split"] == "train").sum()),
+                 "train_list_entries": _train_entries(library), **extra,
+                 "epochs": length.epochs, "epochs_rule": length.epochs_rule, "iterations_rule": length.iterations,
+                 "duration_s": rec.get("duration_s"), "library_dir": str(library),
+                 "per_level": scores.to_dict("records")}]
+
+    def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
         keys = ("experiment", "key", "seed", "run_id", "train_images", "train_subset", "step")
-        scores.append(score_per_level(run_dir, library, prof, spec).assign(**{k: row.get(k) for k in keys}))
+        per_level = pd.DataFrame([{**lv, **{k: r[k] for k in keys}}
+                                  for r in rows.to_dict("records") for lv in r["per_level"]])
+        runs = rows.drop(columns=["cell", "per_level"], errors="ignore")
+        for t in (runs, per_level):  # steps are integers; level-subset runs have none
+            t["step"] = t["step"].astype("Int64")
+        return {"runs": runs, "per_level": per_level,
+                "images": self.data.images, "heatmap_map50": heatmap(per_level, "map50").reset_index(),
+                "incremental": incremental(per_level), "composition": self.composition.report}
 
-    for seed in prof.seeds:
-        for name, lib in level_subset_libraries(data, prof, cache, seed).items():
-            one(LEVELS, name, lib, seed, {"train_subset": name, "step": None})
-    for seed in prof.seeds if prof.incremental_seeds is None else prof.incremental_seeds:
-        steps, comp_s = incremental_libraries(data, prof, cache, seed)
-        comp = comp if comp is not None else comp_s
-        for step, (name, lib) in enumerate(steps):
-            one(INCREMENTAL, name, lib, seed, {"train_subset": None, "step": step})
-    per_level = pd.concat(scores, ignore_index=True)
-    runs_t = pd.DataFrame(runs)
-    info = {"dataset": str(data.dataset), "profile": asdict(prof), "levels_rule": data.levels.rule.to_dict(),
-            "groups_rule": data.groups.rule.to_dict(), "groups_text": group_rule_text(data),
-            "composition_warnings": comp.warnings if comp else [], "positive_classes": list(spec.positive),
-            "image_positive": spec.image_positive,
-            "test_images": int((data.images["role"] == "test").sum()),
-            "val_images": int((data.images["role"] == "val").sum())}
-    return StyleResult(prof, runs_t, per_level, data.images, comp, info)
+    def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        import matplotlib.pyplot as plt
+
+        from workbench.report.study_plots import metric_curves
+
+        per_level = tables["per_level"]
+        n = per_level.drop_duplicates("test_level").set_index("test_level")["test_images"]
+
+        def labelled(t: pd.DataFrame) -> pd.DataFrame:  # test images per level on the axis
+            return t.rename(columns={c: f"{c}\n(n={int(n[c])})" for c in t.columns if c in n.index})
+
+        figs = {"heatmap_map50": heatmap_figure(labelled(heatmap(per_level, "map50")),
+                                                title="mAP50 by train subset and test level")}
+        for rate in ("detection_rate", "fn_rate"):
+            figs[f"heatmap_{rate}"] = heatmap_figure(labelled(heatmap(per_level, rate)),
+                                                     title=f"{rate} by train subset and test level")
+        inc = tables["incremental"].assign(curve="mAP50 (fixed test split)")
+        figs["incremental_map50"] = metric_curves(inc, x="train_images", y="map50", hue="curve", ylabel="mAP50",
+                                                  title="Incremental additions: base -> +batch 1 -> ...")
+        plt.close(figs["incremental_map50"])  # metric_curves draws with pyplot; the Figure stays usable
+        return figs
+
+    def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
+        """What is shown, how levels were derived, the fixed test split, profile, seeds and runs."""
+        p, i = self.profile, self.settings()
+        return (f"{CAPTIONS[name]} Dataset {Path(i['data']).name}; {i['levels_rule']['description']}; "
+                f"{i['groups_text']}. Fixed test split of {i['test_images']} images (never changes as the library "
+                f"grows); profile {p.name}, seeds {list(p.seeds)} (incremental: {list(self.incremental_seeds)}), "
+                f"clinical rates at score >= {p.score_thr:g} with positive classes {i['positive_classes']}. "
+                f"runs: {', '.join(tables['runs']['run_id'])}.")
+
+    def settings(self) -> dict[str, Any]:
+        data = self.data
+        return {"data": str(data.dataset), "levels_rule": data.levels.rule.to_dict(),
+                "groups_rule": data.groups.rule.to_dict(), "groups_text": group_rule_text(data),
+                "composition_warnings": self.composition.warnings if self.composition else [],
+                "positive_classes": list(self.spec.positive), "image_positive": self.spec.image_positive,
+                "test_images": int((data.images["role"] == "test").sum()),
+                "val_images": int((data.images["role"] == "val").sum())}
 
 
-# ----------------------------------------------------------------------------- reporting
+# ----------------------------------------------------------------------------- tables and figures
 
-def caption(result: StyleResult, what: str) -> str:
-    """Figure caption: what is shown, how levels were derived, profile, seeds."""
-    i = result.info
-    return (f"{what} Dataset {Path(i['dataset']).name}; {i['levels_rule']['description']}; {i['groups_text']}. "
-            f"Fixed test split of {i['test_images']} images (never changes as the library grows); "
-            f"profile {result.profile.name}, seeds {list(result.profile.seeds)} (incremental: "
-            f"{list(result.profile.incremental_seeds or result.profile.seeds)}), clinical rates at score >= "
-            f"{result.profile.score_thr:g} with positive classes {i['positive_classes']}.")
+CAPTIONS = {
+    "heatmap_map50": "mAP50 (workbench.evaluation.metrics) of detectors trained on style-level subsets (equal "
+                     "training size), scored on each test level; mean over seeds.",
+    "heatmap_detection_rate": "Detection rate by train subset and test level; mean over seeds.",
+    "heatmap_fn_rate": "False-negative rate of positive cells by train subset and test level; mean over seeds.",
+    "incremental_map50": "mAP50 vs library size: base library (composed by ratio) plus extension batches.",
+}
 
 
-def heatmap_figure(table: pd.DataFrame, *, title: str, fmt: str = ".2f"):
-    """Annotated heatmap of a train-subset x test-level table (DataFrame in, Figure out)."""
-    import matplotlib
+def heatmap(per_level: pd.DataFrame, value: str = "map50") -> pd.DataFrame:
+    """Train subset x test level, mean over seeds (level-subset experiment)."""
+    t = per_level[per_level["experiment"] == LEVELS]
+    return t.pivot_table(index="train_subset", columns="test_level", values=value, aggfunc="mean", sort=False)
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+
+def incremental(per_level: pd.DataFrame) -> pd.DataFrame:
+    """Metric vs library size (all test images), one row per step and seed."""
+    t = per_level[(per_level["experiment"] == INCREMENTAL) & (per_level["test_level"] == "all")]
+    return t[["step", "key", "train_images", "seed", "map50", "map50_95", "detection_rate", "fn_rate",
+              "fp_rate", "classification_rate"]].rename(columns={"key": "library"}).reset_index(drop=True)
+
+
+def heatmap_figure(table: pd.DataFrame, *, title: str, fmt: str = ".2f") -> Figure:
+    """Annotated heatmap of a train-subset x test-level table (DataFrame in, Figure out; no pyplot)."""
     import seaborn as sns
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(1.2 * table.shape[1] + 2.5, 0.7 * table.shape[0] + 1.8))
+    fig = Figure(figsize=(1.2 * table.shape[1] + 2.5, 0.7 * table.shape[0] + 1.8))
+    ax = fig.subplots()
     sns.heatmap(table.astype(float), annot=True, fmt=fmt, cmap="viridis", vmin=0, vmax=1, ax=ax,
                 cbar_kws={"shrink": 0.8})
     ax.set(xlabel="test style level", ylabel="trained on levels", title=title)
     fig.tight_layout()
     return fig
-
-
-def figures(result: StyleResult) -> dict[str, Any]:
-    from workbench.report.study_plots import metric_curves
-
-    n = result.per_level.drop_duplicates("test_level").set_index("test_level")["test_images"]
-
-    def labelled(t: pd.DataFrame) -> pd.DataFrame:  # test images per level on the axis
-        return t.rename(columns={c: f"{c}\n(n={int(n[c])})" for c in t.columns if c in n.index})
-
-    figs = {"heatmap_map50": heatmap_figure(labelled(result.heatmap("map50")), title="mAP50 by train subset and test level")}
-    for rate in ("detection_rate", "fn_rate"):
-        figs[f"heatmap_{rate}"] = heatmap_figure(labelled(result.heatmap(rate)),
-                                                 title=f"{rate} by train subset and test level")
-    inc = result.incremental().assign(curve="mAP50 (fixed test split)")
-    figs["incremental_map50"] = metric_curves(inc, x="train_images", y="map50", hue="curve", ylabel="mAP50",
-                                              title="Incremental additions: base -> +batch 1 -> ...")
-    return figs
-
-
-def write_outputs(result: StyleResult, out: Path) -> list[Path]:
-    """CSV tables, ``style_study.json`` and PNG/PDF figures (captions state the level derivation)."""
-    import json
-
-    from workbench.core.atomic import write_text
-    from workbench.report.figures import save_figure
-
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    tables = {"runs": result.runs, "per_level": result.per_level, "images": result.images,
-              "heatmap_map50": result.heatmap("map50").reset_index(), "incremental": result.incremental(),
-              "composition": result.composition.report}
-    for name, t in tables.items():
-        written.append(write_text(out / f"{name}.csv", t.to_csv(index=False)))
-    written.append(write_text(out / "style_study.json", json.dumps(result.info, indent=2, default=str) + "\n"))
-    prov = {"profile": result.profile.name, "seeds": list(result.profile.seeds), "runs": result.runs["run_id"].tolist()}
-    texts = {"heatmap_map50": "mAP50 (workbench.evaluation.metrics) of detectors trained on style-level subsets (equal "
-                              "training size), scored on each test level; mean over seeds.",
-             "heatmap_detection_rate": "Detection rate by train subset and test level; mean over seeds.",
-             "heatmap_fn_rate": "False-negative rate of positive cells by train subset and test level; mean over seeds.",
-             "incremental_map50": "mAP50 vs library size: base library (composed by ratio) plus extension batches."}
-    for name, fig in figures(result).items():
-        written += save_figure(fig, out / name, caption=caption(result, texts[name]), provenance=prov)
-    return written
 
 
 def derived_levels_overview(names: tuple[str, ...] = ("bccd", "monuseg", "mnfinder"), *, k: int = 3,

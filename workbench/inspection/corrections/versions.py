@@ -1,4 +1,4 @@
-"""Corrected labels as versions beside a canonical dataset: save, diff, list, revert, materialise.
+"""Corrected labels as versions beside a canonical dataset: resolve, read, list, save, revert.
 
 Layout (inside the canonical dataset ``DIR``; raw data and ``DIR/labels`` are never written)::
 
@@ -14,24 +14,11 @@ written to one folder later can change another). A saved version is never modifi
 Undo by version: history is append-only. :func:`revert` writes a *new* version whose labels
 equal an earlier one (its ``changes.csv`` lists the actions that undo the later edits), so
 every state stays reproducible and "the labels a run trained on" never changes under it.
-The current labels are the newest version (``"latest"``).
-
-:func:`diff_boxes` is the pure core: old and new boxes of one image are paired one-to-one by
-IoU (:func:`workbench.evaluation.metrics.box_iou`, greedy, highest IoU first, same class preferred on
-ties); a pair whose class differs is a ``relabel``, whose size differs a ``resize``, whose
-position alone differs a ``move`` (a pair can be ``relabel`` and ``move``/``resize``: one row
-each); unpaired old boxes are ``delete``, unpaired new boxes ``add``. A box dragged so far
-that it no longer overlaps its old place (IoU < ``iou_min``) reads as delete + add.
-
-:func:`materialise` turns a version into a full canonical dataset folder (images hard-linked)
-that training (:func:`workbench.models.yolo.train`) and the exporters read like any other.
-
-Note: ``convert --overwrite`` replaces the whole dataset folder, ``versions/`` included;
-materialise a version (or export it) before re-importing a dataset over itself.
+The current labels are the newest version (``"latest"``). What counts as an edit action is
+decided by :func:`workbench.inspection.corrections.diff.diff_boxes`.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import os
 import re
@@ -44,23 +31,17 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from workbench.core.atomic import new_folder, write_text
-from workbench.data.canonical import format_yolo_line, read_boxes, read_classes, read_meta, save_meta
-from workbench.evaluation.metrics import box_iou
+from workbench.core.atomic import write_text
 from workbench.core.problems import ProblemLog
+from workbench.core.tables import utc_now
+from workbench.data.canonical import format_yolo_line, read_boxes, read_classes, read_meta
+from workbench.inspection.corrections.diff import ACTIONS, BOX, CHANGE_COLUMNS, changes_table, diff_boxes, pair_boxes
 
-__all__ = ["ACTIONS", "CANONICAL", "CHANGE_COLUMNS", "SavedVersion", "diff_boxes", "list_versions",
-           "materialise", "read_changes", "read_version_boxes", "resolve_version", "revert",
-           "save_version", "version_dir"]
+__all__ = ["CANONICAL", "SavedVersion", "label_name", "list_versions", "read_changes", "read_version_boxes",
+           "resolve_version", "revert", "save_version", "version_dir", "versions_root"]
 
 VERSIONS = "versions"
 CANONICAL = "v0000"  # the canonical DIR/labels, never written by this module
-ACTIONS = ("add", "delete", "move", "resize", "relabel")
-CHANGE_COLUMNS = ["image", "action", "before", "after", "time"]
-DIFF_COLUMNS = ["action", "old_index", "new_index", "class_before", "class_after",
-                "x1_before", "y1_before", "x2_before", "y2_before",
-                "x1_after", "y1_after", "x2_after", "y2_after"]
-BOX = ["x1", "y1", "x2", "y2"]
 _NAME = re.compile(r"^v(\d{4,})$")
 
 
@@ -78,97 +59,10 @@ class SavedVersion:
         return f"saved {self.name} (parent {self.parent}) at {self.path}: {counts or 'no changes'}"
 
 
-# ----------------------------------------------------------------------------- diff (pure)
-
-def _boxes(df: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
-    missing = [c for c in ("class", *BOX) if c not in df.columns]
-    if missing:
-        raise ValueError(f"{name} boxes lack column(s) {missing}; have {list(df.columns)}")
-    xyxy = df[BOX].to_numpy(dtype=float).reshape(-1, 4)
-    return xyxy, df["class"].astype(str).to_numpy(dtype=object)
-
-
-def pair_boxes(old: pd.DataFrame, new: pd.DataFrame, *, iou_min: float = 0.3,
-               tol: float = 1e-6) -> np.ndarray:
-    """For every new box the index of its old box (or -1): one-to-one, greedy by IoU.
-
-    Boxes equal within ``tol`` pixels count as IoU 1 (so zero-area boxes pair too); on equal
-    IoU a same-class partner is preferred, then table order.
-    """
-    a, ca = _boxes(old, "old")
-    b, cb = _boxes(new, "new")
-    out = np.full(len(b), -1, dtype=np.int64)
-    if not len(a) or not len(b):
-        return out
-    iou = box_iou(a, b)
-    equal = (np.abs(a[:, None, :] - b[None, :, :]) <= tol).all(-1)
-    iou = np.where(equal, 1.0, iou)
-    i, j = np.nonzero(iou >= iou_min)
-    same = ca[i] == cb[j]
-    order = np.lexsort((j, i, ~same, -iou[i, j]))
-    used_old = np.zeros(len(a), bool)
-    for k in order:
-        if not used_old[i[k]] and out[j[k]] < 0:
-            used_old[i[k]] = True
-            out[j[k]] = i[k]
-    return out
-
-
-def diff_boxes(old: pd.DataFrame, new: pd.DataFrame, *, iou_min: float = 0.3,
-               tol: float = 1e-6) -> pd.DataFrame:
-    """The edit actions turning ``old`` boxes into ``new`` boxes (one image), as a table.
-
-    Both tables have ``class, x1, y1, x2, y2`` (pixels). Returns :data:`DIFF_COLUMNS`, one row
-    per action (add, delete, move, resize, relabel), ``old_index``/``new_index`` being row
-    positions (``<NA>`` on the missing side). Coordinates closer than ``tol`` are equal.
-    """
-    a, ca = _boxes(old, "old")
-    b, cb = _boxes(new, "new")
-    partner = pair_boxes(old, new, iou_min=iou_min, tol=tol)
-    rows: list[tuple] = []
-    nan4 = (np.nan,) * 4
-    for j, i in enumerate(partner):
-        if i < 0:
-            rows.append(("add", None, j, None, cb[j], *nan4, *b[j]))
-            continue
-        if ca[i] != cb[j]:
-            rows.append(("relabel", i, j, ca[i], cb[j], *a[i], *b[j]))
-        if np.any(np.abs(a[i] - b[j]) > tol):
-            wh_a, wh_b = a[i, 2:] - a[i, :2], b[j, 2:] - b[j, :2]
-            action = "resize" if np.any(np.abs(wh_a - wh_b) > tol) else "move"
-            rows.append((action, i, j, ca[i], cb[j], *a[i], *b[j]))
-    for i in sorted(set(range(len(a))) - set(partner[partner >= 0].tolist())):
-        rows.append(("delete", i, None, ca[i], None, *a[i], *nan4))
-    out = pd.DataFrame(rows, columns=DIFF_COLUMNS)
-    out["old_index"] = out["old_index"].astype("Int64")
-    out["new_index"] = out["new_index"].astype("Int64")
-    for c in DIFF_COLUMNS[5:]:
-        out[c] = out[c].astype(float)
-    order = {a: k for k, a in enumerate(("delete", "add", "relabel", "move", "resize"))}
-    return out.sort_values(["action", "old_index", "new_index"], key=lambda s: s.map(order) if s.name == "action" else s,
-                           kind="stable").reset_index(drop=True)
-
-
-def _box_text(cls: Any, xyxy: np.ndarray) -> str:
-    if cls is None or (isinstance(cls, float) and np.isnan(cls)):
-        return ""
-    return json.dumps({"class": str(cls), "box": [round(float(v), 3) for v in xyxy]})
-
-
-def changes_table(image: str, diff: pd.DataFrame, time: str) -> pd.DataFrame:
-    """``changes.csv`` rows (image, action, before, after, time) of one image's diff."""
-    before = [_box_text(r.class_before, np.array([r.x1_before, r.y1_before, r.x2_before, r.y2_before]))
-              for r in diff.itertuples(index=False)]
-    after = [_box_text(r.class_after, np.array([r.x1_after, r.y1_after, r.x2_after, r.y2_after]))
-             for r in diff.itertuples(index=False)]
-    return pd.DataFrame({"image": [image] * len(diff), "action": diff["action"].tolist(),
-                         "before": before, "after": after, "time": [time] * len(diff)},
-                        columns=CHANGE_COLUMNS)
-
-
-# ----------------------------------------------------------------------------- versions
+# ----------------------------------------------------------------------------- reading
 
 def versions_root(root: str | Path) -> Path:
+    """The folder holding a dataset's saved versions (``DIR/versions``)."""
     return Path(root) / VERSIONS
 
 
@@ -202,15 +96,16 @@ def version_dir(root: str | Path, version: str | None = "latest") -> Path:
     return Path(root) if name == CANONICAL else versions_root(root) / name
 
 
-def _stem(file: str) -> str:
-    return Path(str(file)).stem
+def label_name(file: str) -> str:
+    """The label file name (``<stem>.txt``) of an image file listed in ``meta.csv``."""
+    return f"{Path(str(file)).stem}.txt"
 
 
 def _label_meta(root: Path, version: str) -> pd.DataFrame:
     """meta.csv with ``label_file`` pointing at the version's label files (relative to it)."""
     meta = read_meta(root)
     vdir = version_dir(root, version)
-    files = [f"labels/{_stem(f)}.txt" for f in meta["file"]]
+    files = [f"labels/{label_name(f)}" for f in meta["file"]]
     exists = [(vdir / f).is_file() for f in files]
     return meta.assign(label_file=[f if e else "" for f, e in zip(files, exists)])
 
@@ -254,7 +149,7 @@ def read_changes(root: str | Path, version: str) -> pd.DataFrame:
 
 def _image_boxes(vdir: Path, row: pd.Series, classes: list[str]) -> tuple[pd.DataFrame, list[str]]:
     """Boxes of one image in a version and the text line of each (label order)."""
-    path = vdir / "labels" / f"{_stem(row['file'])}.txt"
+    path = vdir / "labels" / label_name(row["file"])
     if not path.is_file():
         return pd.DataFrame(columns=["class", *BOX]), []
     one = pd.DataFrame([{**row.to_dict(), "label_file": f"labels/{path.name}"}])
@@ -263,17 +158,7 @@ def _image_boxes(vdir: Path, row: pd.Series, classes: list[str]) -> tuple[pd.Dat
     return boxes[["class", *BOX]].reset_index(drop=True), lines
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _link_or_copy(src: Path, dest: Path) -> None:
-    """Hard link (same bytes, no space) or copy; used for images, which nothing edits."""
-    try:
-        os.link(src, dest)
-    except OSError:
-        shutil.copy2(src, dest)
-
+# ----------------------------------------------------------------------------- writing
 
 def _check_edit(image: str, boxes: pd.DataFrame, classes: list[str], log: ProblemLog) -> pd.DataFrame:
     """Validate one image's edited boxes (columns, finite numbers, known classes) into ``log``."""
@@ -396,7 +281,7 @@ def save_version(root: str | Path, edits: Mapping[str, pd.DataFrame], *, base: s
         raise ValueError(f"{root}: cannot save the corrections, {len(log.errors)} problem(s):\n"
                          + "\n".join(f"  {p}" for p in log.errors))
 
-    time = _now()
+    time = utc_now()
     new_text: dict[str, str] = {}
     changes = []
     for image, new in checked.items():
@@ -414,19 +299,19 @@ def save_version(root: str | Path, edits: Mapping[str, pd.DataFrame], *, base: s
     if not new_text:
         return None
     table = pd.concat(changes, ignore_index=True) if changes else pd.DataFrame(columns=CHANGE_COLUMNS)
-    stems = {image: _stem(meta.at[image, "file"]) for image in new_text}
+    names = {image: label_name(meta.at[image, "file"]) for image in new_text}
 
     def build(tmp: Path) -> None:
         (tmp / "labels").mkdir()
-        _carry_labels(pdir, tmp, skip={f"{s}.txt" for s in stems.values()})
+        _carry_labels(pdir, tmp, skip=set(names.values()))
         for image, text in new_text.items():
-            (tmp / "labels" / f"{stems[image]}.txt").write_text(text, encoding="utf-8")
+            (tmp / "labels" / names[image]).write_text(text, encoding="utf-8")
         table.to_csv(tmp / "changes.csv", index=False)
 
     summary = _summary(changes=table, kind="edit", note=note, created=time,
                        problems=[str(p) for p in log], extra={"iou_min": iou_min, "tol": tol})
     name, path = _write_version(root, build, parent=parent, summary={**summary,
-                                **_label_counts_after(pdir, new_text, stems)})
+                                **_label_counts_after(pdir, new_text, names)})
     return SavedVersion(name, path, parent, table)
 
 
@@ -438,10 +323,11 @@ def _carry_labels(src_dir: Path, tmp: Path, *, skip: set[str]) -> None:
                 shutil.copyfile(p, tmp / "labels" / p.name)
 
 
-def _label_counts_after(pdir: Path, new_text: Mapping[str, str], stems: Mapping[str, str]) -> dict[str, Any]:
+def _label_counts_after(pdir: Path, new_text: Mapping[str, str], names: Mapping[str, str]) -> dict[str, Any]:
+    """Boxes and label files of a version: the parent's files, with ``names`` replaced by ``new_text``."""
     n = 0
     files = 0
-    changed = {f"{s}.txt" for s in stems.values()}
+    changed = set(names.values())
     labels = pdir / "labels"
     if labels.is_dir():
         for p in labels.iterdir():
@@ -475,10 +361,10 @@ def revert(root: str | Path, to: str, *, note: str = "") -> SavedVersion | None:
     tdir, cdir = version_dir(root, target), version_dir(root, current)
     meta = read_meta(root)
     classes = read_classes(root)
-    time = _now()
+    time = utc_now()
     changes, differing = [], []
     for _, row in meta.iterrows():
-        name = f"{_stem(row['file'])}.txt"
+        name = label_name(row["file"])
         a, b = cdir / "labels" / name, tdir / "labels" / name
         if a.is_file() == b.is_file() and (not a.is_file() or a.read_bytes() == b.read_bytes()):
             continue
@@ -501,73 +387,3 @@ def revert(root: str | Path, to: str, *, note: str = "") -> SavedVersion | None:
     name, path = _write_version(root, build, parent=current, summary=summary)
     return SavedVersion(name, path, current, table)
 
-
-# ----------------------------------------------------------------------------- materialise
-
-def materialise(root: str | Path, version: str | None, out: str | Path, *,
-                overwrite: bool = False) -> Path:
-    """Write version ``version`` of dataset ``root`` as a full canonical dataset at ``out``.
-
-    Images are hard links (copies across file systems); labels, ``meta.csv`` (labelled,
-    n_objects), ``objects.csv`` (polygons kept for images whose labels are unchanged from
-    the canonical ones), split lists and ``dataset.yaml`` follow the version;
-    ``dataset.json`` records where it came from. The folder appears atomically.
-    """
-    root, out = Path(root), Path(out)
-    r, o = root.resolve(), out.resolve()
-    if o == r or r in o.parents:
-        raise ValueError(f"{out}: materialise outside the source dataset {root}")
-    name = resolve_version(root, version)
-    vdir = version_dir(root, name)
-    meta = read_meta(root)
-    classes = read_classes(root)
-    boxes = read_version_boxes(root, name)
-    counts = boxes.groupby("image").size()
-    objects_path = root / "objects.csv"
-    old_objects = (pd.read_csv(objects_path, dtype={"image_id": str, "class": str, "polygon": str,
-                                                    "source_object": str}, keep_default_na=False)
-                   if objects_path.is_file() else pd.DataFrame(columns=["image_id"]))
-    with new_folder(out, overwrite=overwrite) as tmp:
-        (tmp / "images").mkdir()
-        (tmp / "labels").mkdir()
-        label_files, same_as_canonical = [], set()
-        for image_id, file in meta[["image_id", "file"]].itertuples(index=False):
-            src = root / file
-            if not src.is_file():
-                raise FileNotFoundError(f"{src}: image listed in {root / 'meta.csv'} is missing")
-            dest = tmp / file
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            _link_or_copy(src, dest)
-            lab = vdir / "labels" / f"{_stem(file)}.txt"
-            if lab.is_file():
-                shutil.copyfile(lab, tmp / "labels" / lab.name)
-                label_files.append(f"labels/{lab.name}")
-                canon = root / "labels" / lab.name
-                if canon.is_file() and canon.read_bytes() == lab.read_bytes():
-                    same_as_canonical.add(str(image_id))
-            else:
-                label_files.append("")
-        new_meta = meta.assign(label_file=label_files,
-                               labelled=[bool(f) for f in label_files],
-                               n_objects=[int(counts.get(i, 0)) for i in meta["image_id"]])
-        keep = old_objects[old_objects["image_id"].isin(same_as_canonical)] if len(old_objects) else old_objects
-        fresh = boxes[~boxes["image"].isin(same_as_canonical)]
-        fresh_rows = pd.DataFrame({"image_id": fresh["image"], "class": fresh["class"],
-                                   **{c: fresh[c] for c in BOX},
-                                   "source_object": f"label version {name}", "polygon": ""})
-        objects = pd.concat([keep, fresh_rows], ignore_index=True)
-        order = {i: k for k, i in enumerate(meta["image_id"])}
-        objects = objects.assign(_k=objects["image_id"].map(order)).sort_values("_k", kind="stable").drop(columns="_k")
-        objects.to_csv(tmp / "objects.csv", index=False)
-        if (root / "problems.csv").is_file():
-            shutil.copyfile(root / "problems.csv", tmp / "problems.csv")
-        info_path = root / "dataset.json"
-        info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-        info.update({"created": _now(), "objects": int(len(boxes)),
-                     "objects_per_class": {c: int((boxes["class"] == c).sum()) for c in classes},
-                     "labels_version": {"dataset": str(r), "version": name,
-                                        "summary": (json.loads((vdir / "summary.json").read_text(encoding="utf-8"))
-                                                    if name != CANONICAL else None)}})
-        write_text(tmp / "dataset.json", json.dumps(info, indent=2, default=str) + "\n")
-        save_meta(tmp, new_meta, classes)
-    return out

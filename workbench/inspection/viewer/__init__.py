@@ -1,0 +1,18 @@
+"""napari inspection of hard cases: image, GT and predicted boxes coloured by outcome, editable labels.
+
+:mod:`.layers` converts boxes to napari rectangles and back (exactly), styles and builds the box
+layers; :mod:`.inspector` holds the :class:`Inspector` window with its dock and the entry points
+(:func:`open_queue`, :func:`open_image`, :func:`screenshot`). napari and Qt are imported only when
+a window opens, so importing this package (as the CLI does to check for a display) stays light.
+"""
+from workbench.inspection.hardcases import read_display_image
+from workbench.inspection.viewer.inspector import (
+    Inspector, NoDisplayError, has_display, import_napari, open_image, open_queue, require_display, screenshot)
+from workbench.inspection.viewer.layers import (
+    EDITED_COLOUR, box_layer_style, boxes_to_rectangles, contrast_limits, edge_width_for, image_layer_kwargs,
+    layer_boxes, new_box_layer, rectangles_to_boxes, update_box_layer)
+
+__all__ = ["EDITED_COLOUR", "Inspector", "NoDisplayError", "box_layer_style", "boxes_to_rectangles",
+           "contrast_limits", "edge_width_for", "has_display", "image_layer_kwargs", "import_napari",
+           "layer_boxes", "new_box_layer", "open_image", "open_queue", "read_display_image",
+           "rectangles_to_boxes", "require_display", "screenshot", "update_box_layer"]
