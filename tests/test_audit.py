@@ -28,6 +28,7 @@ def kinds(problems: pd.DataFrame, kind: str, source: str = "audit") -> pd.DataFr
     return problems[(problems["kind"] == kind) & (problems["source"] == source)]
 
 
+@pytest.mark.slow
 def test_bccd_counts_equal_the_raw_counts(bccd_audit):
     summary = bccd_audit.summary()
     assert summary["images"] == 292 and summary["objects"] == 3943
@@ -51,6 +52,7 @@ def test_bccd_counts_equal_the_raw_counts(bccd_audit):
     assert im["brightness"].between(150, 200).all() and (im["sharpness"] > 0).all()
 
 
+@pytest.mark.slow
 def test_bccd_known_quirks_are_reported(bccd_audit):
     p = bccd_audit.problems
     zero = kinds(p, "zero_area_box")
@@ -71,6 +73,7 @@ def test_bccd_known_quirks_are_reported(bccd_audit):
     assert set(p["kind"]) == {"zero_area_box", "duplicate_box", "near_duplicate_image"}
 
 
+@pytest.mark.slow
 def test_write_audit_outputs_and_never_touches_the_dataset(bccd_canonical, bccd_audit, tmp_path):
     before = checksums(bccd_canonical)
     out = write_audit(bccd_audit, tmp_path / "audit", examples=2)

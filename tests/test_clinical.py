@@ -240,3 +240,17 @@ def test_evaluate_cli_applies_the_score_threshold_to_the_clinical_rates(tmp_path
     assert at_half["overall"]["detection_rate"]["value"] == 1.0
     at_low = rates(0.01)  # the junk is now above the operating point: 4 of 8 positive predictions are FP
     assert at_low["overall"]["fp_rate"]["value"] == 0.5
+
+
+def test_evaluate_refuses_predictions_that_name_no_ground_truth_image():
+    """mAP 0 because every image name is wrong is an input error, not a result."""
+    from workbench.evaluation.files import GroundTruth, evaluate_tables
+
+    gt = GroundTruth(pd.DataFrame({"image": ["a"], "class": ["WBC"], "x1": [0.0], "y1": [0.0], "x2": [9.0],
+                                   "y2": [9.0]}), ["a"], ["WBC"], None, None, "constructed")
+    pred = pd.DataFrame({"image": ["a.jpg"], "x1": [0.0], "y1": [0.0], "x2": [9.0], "y2": [9.0],
+                         "class": ["WBC"], "score": [0.9]})
+    with pytest.raises(ValueError, match="no prediction names an image of the ground truth constructed"):
+        evaluate_tables(gt, pred, n_boot=0)
+    doc, _ = evaluate_tables(gt, pred.assign(image="a"), n_boot=0)
+    assert doc["map50"] == pytest.approx(1.0)

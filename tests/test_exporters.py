@@ -128,6 +128,7 @@ def test_labelme_with_embedded_images_stands_alone(canon, canon_ds, tmp_path):
     assert_same_boxes(canon_ds, back, ids=labelled_ids(canon_ds))
 
 
+@pytest.mark.slow
 def test_all_of_bccd_round_trips_through_every_format(bccd_canonical, tmp_path):
     ds = load_dataset(bccd_canonical)
     assert len(ds.images) == 292 and len(ds.objects) == 3943
@@ -144,6 +145,7 @@ def test_all_of_bccd_round_trips_through_every_format(bccd_canonical, tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.imagescope") is None,
                     reason="the ImageScope (MoNuSeg) importer is not in this checkout yet")
+@pytest.mark.slow
 def test_monuseg_polygons_survive_coco_and_boxes_survive_yolo(tmp_path):
     canon = convert(MONUSEG, "monuseg", tmp_path / "canon")
     ds = load_dataset(canon)

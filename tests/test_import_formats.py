@@ -265,8 +265,9 @@ def test_labelme_matches_voc(voc, voc_ds, tmp_path):
 def test_labelme_with_only_image_data(voc, voc_ds, tmp_path):
     for image_id in SUBSET[:5]:
         doc = labelme_doc(voc, image_id, f"C:/Users/someone/Desktop/{image_id}.jpg", data=True)
-        (tmp_path / f"{image_id}.json").write_text(json.dumps(doc))
-    ds = load_dataset(convert(tmp_path, "labelme", tmp_path / "c"))
+        (tmp_path / "lm").mkdir(exist_ok=True)
+        (tmp_path / "lm" / f"{image_id}.json").write_text(json.dumps(doc))
+    ds = load_dataset(convert(tmp_path / "lm", "labelme", tmp_path / "c"))
     assert len(ds.images) == 5 and (ds.images["source_image"] == "(embedded)").all()
     ref = voc_ds.images.set_index("image_id")["pixel_sha256"]
     assert (ds.images.set_index("image_id")["pixel_sha256"] == ref.reindex(ds.images["image_id"])).all()

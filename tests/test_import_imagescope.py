@@ -83,6 +83,7 @@ def test_vendored_boxes_are_vertex_min_max_and_mpp_is_recorded(vendored):
     assert (meta["split"] == "").all()
 
 
+@pytest.mark.slow
 def test_full_13_tiles_counts_degenerate_and_out_of_bounds(shared_data, tmp_path):
     src = shared_data / "monuseg" / "MoNuSegTrainingData"
     if not src.is_dir():

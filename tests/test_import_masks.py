@@ -160,6 +160,7 @@ def test_boxes_are_pixel_edges_and_polygons_share_them(vendored):
 
 # ----------------------------------------------------------------------------- full shared data
 
+@pytest.mark.slow
 def test_full_mnfinder_counts_match_raw_masks_and_provenance(shared_data):
     src = shared_data / "mnfinder"
     if not src.is_dir():
@@ -272,7 +273,7 @@ def test_colour_links_to_another_class_make_it_component_based(tmp_path):
 
 
 def test_missing_masks_size_mismatch_orphans_and_odd_names(tmp_path):
-    root = tmp_path / "experiment" / "plate 1"
+    root = tmp_path / "src" / "experiment" / "plate 1"  # the output must lie outside the source
     img = np.zeros((16, 16), np.uint8)
     sq = _rgba(16, 16, [(2, 2, 5, 5, (1, 2, 3))])
     name = "MAX_2022-12-29 ATF3 tilescan.lif - BAY"
@@ -281,7 +282,7 @@ def test_missing_masks_size_mismatch_orphans_and_odd_names(tmp_path):
     _set(root, "bad_size", img, {"nucleus": sq, "mn": _rgba(8, 8, [(1, 1, 2, 2, (1, 1, 1))])})
     _set(root, "unlabelled", img, {})
     Image.fromarray(sq).save(root / "mn_masks" / "orphan.png")
-    out = convert(tmp_path, "masks", tmp_path / "out")
+    out = convert(tmp_path / "src", "masks", tmp_path / "out")
     meta = load_dataset(out).images.set_index("image_id")
     base = "experiment/plate 1"
     assert sorted(meta.index) == sorted(f"{base}/{s}" for s in (name, "no_mn", "bad_size", "unlabelled"))

@@ -110,6 +110,7 @@ def test_refuses_to_overwrite(bccd, tmp_path):
         tile_dataset(bccd, out, tile=320)
 
 
+@pytest.mark.slow
 def test_monuseg_tiles_keep_dense_nuclei_and_size_max_det(tmp_path):
     """Real MoNuSeg (1000x1000, hundreds of nuclei): 256 px tiles and max_det for whole images."""
     from workbench.data.importers import FORMATS, convert

@@ -10,9 +10,12 @@ import json
 import shlex
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
+from workbench.cli.args import csv_list, mapping, param
 from workbench.core.problems import StrictModeError
+from workbench.data.exporters import EXPORTERS
+from workbench.data.importers import FORMATS
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -21,10 +24,6 @@ def _ratios(text: str) -> tuple[float, ...]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"ratios must look like 8:1:1, got {text!r}") from None
     return vals
-
-
-def _csv_list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
 
 
 # ----------------------------------------------------------------------------- commands
@@ -36,16 +35,19 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
     given = {"images": a.images, "class_name": a.class_name, "connectivity": a.connectivity,
              "names": a.names, "image_key": a.image_key, "class_names": a.class_names,
-             "instances": _mapping(a.instances) if a.instances and "=" in a.instances else a.instances,
-             "use_annotation_names": a.use_annotation_names or None}
-    unknown = [k for k, v in given.items() if v is not None and k not in FORMAT_OPTIONS[a.format]]
+             "instances": mapping(a.instances) if a.instances and "=" in a.instances else a.instances,
+             "use_annotation_names": a.use_annotation_names or None,
+             "allow_lossy_masks": a.allow_lossy_masks or None}
+    unknown = [k for k, v in given.items() if v is not None and k not in FORMATS[a.format].options]
     if unknown:
         flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
         raise ValueError(f"{flags} do(es) not apply to --format {a.format}")
     options = {k: v for k, v in given.items() if v is not None}
     norm = Normalisation(a.normalise, a.low, a.high)
+    _exit_on_sigterm()
     out = convert(a.src, a.format, a.out, classes=a.classes, normalisation=norm, strict=a.strict,
-                  overwrite=a.overwrite, command=_command_line(), **options)
+                  overwrite=a.overwrite, discard_versions=a.discard_versions, command=_command_line(),
+                  **options)
     ds = load_dataset(out)
     per_class = ds.objects["class"].value_counts().reindex(ds.classes, fill_value=0)
     print(f"wrote {out}: {len(ds.images)} images, {len(ds.objects)} objects "
@@ -62,9 +64,22 @@ def cmd_split(a: argparse.Namespace) -> int:
     from workbench.data.splits import split_dataset
 
     summary = split_dataset(a.dir, ratios=a.ratios, seed=a.seed, group_by=a.group_by,
-                            keep_existing=not a.reassign)
-    print(summary.to_string(index=False) if hasattr(summary, "to_string") else summary)
+                            keep_existing=not a.reassign, exact=a.exact, near_duplicates=a.near_duplicates)
+    print(summary.to_string(index=False))
+    for note in summary.attrs.get("notes", []):
+        print(note)
     return 0
+
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (kill, a scheduler's timeout) ends the command like Ctrl-C, so the temporary
+    output is removed instead of left as a stale ``.partial`` folder."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def cmd_audit(a: argparse.Namespace) -> int:
@@ -84,6 +99,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from workbench.data import exporters
 
+    _exit_on_sigterm()
     kwargs: dict = {"overwrite": a.overwrite}
     if a.format == "coco":
         kwargs.update(split=a.split, absolute_paths=a.absolute_paths)
@@ -100,7 +116,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 def cmd_notebook(a: argparse.Namespace) -> int:
     from workbench.studies.notebooks import run_notebook
 
-    params = dict(_parse_param(p) for p in a.param)
+    params = dict(a.param)
     out = run_notebook(a.name, params, out_dir=a.out)
     print(f"executed {a.name} -> {out}")
     return 0
@@ -114,38 +130,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_param(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"parameter must be NAME=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
-
-
 def _command_line() -> str:
     return "python -m workbench " + " ".join(shlex.quote(x) for x in sys.argv[1:])
 
 
 # ----------------------------------------------------------------------------- parser
-
-FORMATS_IN = ["voc", "monuseg", "masks", "yolo", "coco", "labelme", "labelstudio"]
-# The importer options each format accepts (see workbench/importers/<module>.read).
-FORMAT_OPTIONS = {
-    "voc": set(), "monuseg": {"class_name", "use_annotation_names"},
-    "masks": {"class_names", "connectivity", "instances"}, "yolo": {"names"},
-    "coco": {"images"}, "labelme": {"images"}, "labelstudio": {"images", "image_key"},
-}
-
-
-def _mapping(text: str) -> dict[str, str]:
-    try:
-        return dict(kv.split("=", 1) for kv in _csv_list(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE[,NAME=VALUE], got {text!r}") from None
-COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}
-
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m workbench", description=__doc__.splitlines()[0])
@@ -153,17 +142,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("convert", help="import raw annotations into a new canonical dataset")
     c.add_argument("src", type=Path, help="source folder (or file for COCO / Label Studio JSON)")
-    c.add_argument("--format", required=True, choices=FORMATS_IN)
+    c.add_argument("--format", required=True, choices=list(FORMATS))
     c.add_argument("--out", required=True, type=Path, help="new dataset folder (must not exist or be empty)")
-    c.add_argument("--classes", type=_csv_list, help="class list in order, e.g. RBC,WBC,Platelets; "
+    c.add_argument("--classes", type=csv_list, help="class list in order, e.g. RBC,WBC,Platelets; "
                    "objects of other classes are reported as unknown_class and skipped")
     c.add_argument("--images", type=Path, help="image folder (COCO, Label Studio)")
-    c.add_argument("--names", type=_csv_list, help="YOLO without a yaml/classes.txt: class names for ids 0, 1, ...")
+    c.add_argument("--names", type=csv_list, help="YOLO without a yaml/classes.txt: class names for ids 0, 1, ...")
     c.add_argument("--image-key", help="Label Studio: the task data field holding the image (default image)")
     c.add_argument("--class-name", help="class for single-class formats (monuseg; default nucleus)")
     c.add_argument("--use-annotation-names", action="store_true", help="monuseg: non-empty Annotation names become classes")
     c.add_argument("--connectivity", type=int, choices=[4, 8], help="masks: pixel connectivity of instances (default 4)")
-    c.add_argument("--class-names", type=_mapping, help="masks: rename folder classes, e.g. mn=micronucleus")
+    c.add_argument("--class-names", type=mapping, help="masks: rename folder classes, e.g. mn=micronucleus")
     c.add_argument("--instances", help="masks: auto (default), colour, component, or per class e.g. mn=component")
     c.add_argument("--normalise", default="percentile", choices=["percentile", "minmax", "shift"],
                    help="how non-8-bit images become 8-bit (recorded per image)")
@@ -171,14 +160,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--high", type=float, default=99.5, help="high percentile for --normalise percentile")
     c.add_argument("--strict", action="store_true", help="any problem: write nothing, list all, exit 1")
     c.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    c.add_argument("--discard-versions", action="store_true",
+                   help="with --overwrite: also delete a dataset holding label versions/ (corrections)")
+    c.add_argument("--allow-lossy-masks", action="store_true",
+                   help="masks: import JPEG/WebP masks (refused: compression noise makes spurious instances)")
     c.set_defaults(func=cmd_convert)
 
-    s = sub.add_parser("split", help="assign train/val/test (stable when the library grows)")
+    s = sub.add_parser("split", help="assign train/val/test (stable when the library grows or is re-imported)")
     s.add_argument("dir", type=Path)
     s.add_argument("--ratios", type=_ratios, default=(8.0, 1.0, 1.0), help="e.g. 8:1:1 (default), 7:2:1")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--group-by", help="meta column whose groups never straddle splits")
     s.add_argument("--reassign", action="store_true", help="ignore existing assignments (moves images!)")
+    s.add_argument("--exact", action="store_true",
+                   help="exact counts per split; NOT stable across re-imports (default: each image's split "
+                        "follows from its own hash, so a re-import of a grown folder keeps every image's split)")
+    s.add_argument("--near-duplicates", type=int, default=None, metavar="BITS",
+                   help="also keep near-duplicate images (perceptual hash within BITS, e.g. 6) in one split")
     s.set_defaults(func=cmd_split)
 
     au = sub.add_parser("audit", help="tables, figures and a problems list for a canonical dataset")
@@ -202,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write a canonical dataset as YOLO, COCO JSON or labelme")
     e.add_argument("dir", type=Path)
-    e.add_argument("--format", required=True, choices=["yolo", "coco", "labelme"])
+    e.add_argument("--format", required=True, choices=list(EXPORTERS))
     e.add_argument("--out", required=True, type=Path)
     e.add_argument("--split", help="COCO: only this split")
     e.add_argument("--flat", action="store_true", help="YOLO: one images/ and labels/ folder, no split subfolders")
@@ -213,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     n = sub.add_parser("notebook", help="execute a notebook with papermill into outputs/")
     n.add_argument("name", help="notebook name, e.g. 01_dataset_audit")
-    n.add_argument("-p", "--param", action="append", default=[], help="NAME=VALUE (JSON values allowed)")
+    n.add_argument("-p", "--param", action="append", default=[], type=param, help="NAME=VALUE (JSON values allowed)")
     n.add_argument("--out", type=Path, default=None)
     n.set_defaults(func=cmd_notebook)
 

@@ -9,20 +9,25 @@ On disk (``DIR``)::
     images/<id>.<ext> training-ready 8-bit images (byte copies where already 8-bit)
     labels/<id>.txt   YOLO boxes ``class cx cy w h`` (normalised); the authoritative labels.
                       A missing file means "not labelled", an empty file "no objects".
-    objects.csv       the same boxes in pixels, with the source object reference and polygon
+    objects.csv       the same boxes in pixels, with the source object reference, polygon and
+                      the source's difficult / truncated flags (difficult = ignore in evaluation)
     problems.csv      every finding of the import: file, object, kind, detail, action, severity
     {train,val,test}.txt  image lists per split (after ``split``)
 
 Importers only parse a format into :class:`RawDataset`; :func:`write_canonical` is the one
 place that decodes images, checks boxes against them and writes the folder atomically.
+
+Images are stored upright: an EXIF orientation is applied once here (the image is stored as
+PNG, the transform recorded in ``meta.csv`` ``exif_orientation`` and in ``problems.csv``), and
+boxes are read in the frame the annotation tool showed, the upright one, unless the label file
+states the size of the stored (unturned) pixels; then they are turned with the image.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -31,16 +36,24 @@ import pandas as pd
 import yaml
 
 from workbench import __version__
-from workbench.core.atomic import new_folder, write_text
+from workbench.core.atomic import write_text
+from workbench.core.tables import utc_now
 from workbench.core.images import (
-    COPYABLE_SUFFIXES, ImageReadError, Normalisation, file_sha256, perceptual_hash, pixel_sha256, read_image, save_png, to_uint8)
+    COPYABLE_SUFFIXES, ORIENTATIONS, ImageInfo, ImageReadError, Normalisation, file_sha256, perceptual_hash,
+    pixel_sha256, read_image, save_png, to_uint8)
 from workbench.core.problems import ProblemLog, StrictModeError, frame
+from workbench.data.orientation import check_frame, turn_objects
+from workbench.data.outputs import check_outside, exclusive_output
 
 SPLITS = ("train", "val", "test")
 META_COLUMNS = ["image_id", "file", "label_file", "source_image", "source_label", "sha256",
-                "width", "height", "channels", "bit_depth", "normalisation", "pixel_sha256",
-                "phash", "labelled", "n_objects", "split"]
-OBJECT_COLUMNS = ["image_id", "class", "x1", "y1", "x2", "y2", "source_object", "polygon"]
+                "width", "height", "channels", "bit_depth", "normalisation", "exif_orientation",
+                "pixel_sha256", "phash", "labelled", "n_objects", "split"]
+OBJECT_COLUMNS = ["image_id", "class", "x1", "y1", "x2", "y2", "source_object", "polygon", "difficult",
+                  "truncated"]
+# ultralytics drops images with a side under 10 px ("image size <10 pixels"); so does the import,
+# so that the dataset a model trains on and the one it is evaluated on hold the same images.
+MIN_IMAGE_SIDE = 10
 
 
 @dataclass
@@ -54,6 +67,8 @@ class RawObject:
     y2: float
     ref: str = ""  # where in the label file: "object 3", "Region Id 180", "line 7"
     polygon: list[tuple[float, float]] | None = None
+    difficult: bool = False  # VOC <difficult>: evaluation should ignore it (kept in objects.csv)
+    truncated: bool = False  # VOC <truncated>: cut by the image border (kept in objects.csv)
 
 
 @dataclass
@@ -67,6 +82,8 @@ class RawImage:
     declared_size: tuple[int, int] | None = None  # (width, height) stated by the label file
     meta: dict[str, Any] = field(default_factory=dict)  # user columns; "split" = official split
     pixels: np.ndarray | None = None  # already-decoded pixels (e.g. embedded image data)
+    rejected: int = 0  # annotations of the label file the importer could not read (problems logged)
+    label_unreadable: bool = False  # a label file exists but could not be read (problem logged)
 
 
 @dataclass
@@ -139,10 +156,12 @@ def parse_yolo_lines(text: str, source: str,
         except ValueError:
             vals = None
         ok = vals is not None and (len(vals) == 5 or (len(vals) >= 7 and len(vals) % 2 == 1))
-        if ok and (vals[0] < 0 or vals[0] != int(vals[0])):
+        # inf/nan parse as floats: test finiteness before int() (int(inf) raises OverflowError)
+        if ok and (not np.isfinite(vals).all() or vals[0] < 0 or vals[0] != int(vals[0])):
             ok = False
         if not ok:
-            msg = f"line {lineno}: expected 'class cx cy w h' with an integer class, got {line.strip()[:80]!r}"
+            msg = (f"line {lineno}: expected 'class cx cy w h' (finite numbers, an integer class), "
+                   f"got {line.strip()[:80]!r}")
             if log is None:
                 raise ValueError(f"{source}: {msg}")
             log.add(source, "malformed_label_line", msg, action="skipped line",
@@ -161,27 +180,34 @@ def parse_yolo_lines(text: str, source: str,
 
 def write_canonical(raw: RawDataset, out: str | Path, *, classes: Iterable[str] | None = None,
                     normalisation: Normalisation = Normalisation(), strict: bool = False,
-                    overwrite: bool = False, command: str = "") -> Path:
+                    overwrite: bool = False, discard_versions: bool = False, command: str = "") -> Path:
     """Validate ``raw`` against the pixels and write a canonical dataset folder at ``out``.
 
     Every problem is recorded (file, object, what, action) in ``problems.csv``; valid data is
     imported. With ``strict`` any error or warning aborts before anything is written and
-    raises :class:`StrictModeError` listing all of them. The folder appears atomically.
+    raises :class:`StrictModeError` listing all of them. The folder appears atomically, under an
+    exclusive lock, never inside the source, and ``overwrite`` keeps a folder holding label
+    versions unless ``discard_versions`` (see :mod:`workbench.data.outputs`).
     """
     out = Path(out)
+    check_outside(out, [raw.source])
     log = ProblemLog(list(raw.problems.items))
-    class_list, class_source = _resolve_classes(raw, classes)
+    class_list, class_source = _resolve_classes(raw, classes, log)
     class_index = {c: i for i, c in enumerate(class_list)}
     entries = _dedupe_ids(raw.images, log)
+    stale: list[Path] = []
 
-    with new_folder(out, overwrite=overwrite) as tmp:
+    with exclusive_output(out, overwrite=overwrite, discard_versions=discard_versions, removed=stale) as tmp:
         (tmp / "images").mkdir()
         (tmp / "labels").mkdir()
         meta_rows, object_rows = [], []
         for item, stem in entries:
-            row = _write_image(item, stem, tmp, normalisation, log)
-            if row is None:
+            written = _write_image(item, stem, tmp, normalisation, log)
+            if written is None:
                 continue
+            row, turn = written
+            if turn is not None and item.objects:
+                item = replace(item, objects=turn_objects(item.objects, *turn))
             objs = _validate_objects(item, row["width"], row["height"], class_index, log)
             if objs is not None:
                 lines = [format_yolo_line(class_index[o.cls], (o.x1, o.y1, o.x2, o.y2),
@@ -195,7 +221,7 @@ def write_canonical(raw: RawDataset, out: str | Path, *, classes: Iterable[str] 
                         "x2": o.x2, "y2": o.y2, "source_object": o.ref,
                         # numpy rounding: Python round() per vertex dominated large MoNuSeg imports
                         "polygon": json.dumps(np.round(np.asarray(o.polygon, dtype=float), 3).tolist())
-                        if o.polygon else ""})
+                        if o.polygon else "", "difficult": int(o.difficult), "truncated": int(o.truncated)})
             row["labelled"] = objs is not None
             row["n_objects"] = 0 if objs is None else len(objs)
             meta_rows.append(row)
@@ -212,7 +238,7 @@ def write_canonical(raw: RawDataset, out: str | Path, *, classes: Iterable[str] 
         log.to_frame().to_csv(tmp / "problems.csv", index=False)
         info = {
             "workbench_version": __version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "created": utc_now(),
             "format": raw.format,
             "source": str(Path(raw.source).resolve()),
             "command": command,
@@ -227,21 +253,42 @@ def write_canonical(raw: RawDataset, out: str | Path, *, classes: Iterable[str] 
             "split_source": "official" if meta["split"].ne("").any() else "none",
             "notes": raw.notes,
         }
+        if stale:
+            info["stale_partials_removed"] = [str(p) for p in stale]
         write_text(tmp / "dataset.json", json.dumps(info, indent=2, default=str) + "\n")
         save_meta(tmp, meta, class_list)
     return out
 
 
-def _resolve_classes(raw: RawDataset, classes: Iterable[str] | None) -> tuple[list[str], str]:
+def _resolve_classes(raw: RawDataset, classes: Iterable[str] | None,
+                     log: ProblemLog) -> tuple[list[str], str]:
     if classes is not None:
         given = [c.strip() for c in classes if c.strip()]
         if len(set(given)) != len(given):
             raise ValueError(f"class list has duplicates: {given}")
         return given, "given by the user"
     if raw.classes is not None:
-        return list(raw.classes), f"defined by the {raw.format} source"
-    seen = sorted({o.cls for im in raw.images for o in (im.objects or [])})
-    return seen, "sorted names found in the source"
+        found, source = list(raw.classes), f"defined by the {raw.format} source"
+    else:
+        found, source = sorted({o.cls for im in raw.images for o in (im.objects or [])}), \
+            "sorted names found in the source"
+    _report_case_variants(found, raw, log)
+    return found, source
+
+
+def _report_case_variants(classes: list[str], raw: RawDataset, log: ProblemLog) -> None:
+    """Class names that differ only in case or spacing (``rbc``/``RBC``) are kept apart, and said so."""
+    by_key: dict[str, list[str]] = {}
+    for c in classes:
+        by_key.setdefault(" ".join(c.split()).casefold(), []).append(c)
+    for variants in by_key.values():
+        if len(variants) > 1:
+            counts = {v: sum(o.cls == v for im in raw.images for o in (im.objects or [])) for v in variants}
+            log.add(raw.source, "class_name_variants",
+                    f"class names {variants} differ only in case or spacing "
+                    f"(objects: {', '.join(f'{v!r} {n}' for v, n in counts.items())})",
+                    action="kept as separate classes; pass --classes or fix the labels to merge them",
+                    severity="warning")
 
 
 def _dedupe_ids(images: list[RawImage], log: ProblemLog) -> list[tuple[RawImage, str]]:
@@ -271,15 +318,15 @@ def _dedupe_ids(images: list[RawImage], log: ProblemLog) -> list[tuple[RawImage,
     return out
 
 
-def _write_image(item: RawImage, stem: str, tmp: Path, norm: Normalisation,
-                 log: ProblemLog) -> dict[str, Any] | None:
+def _write_image(item: RawImage, stem: str, tmp: Path, norm: Normalisation, log: ProblemLog
+                 ) -> tuple[dict[str, Any], tuple[int, tuple[int, int]] | None] | None:
+    """Decode, check and store one image; its meta row and the turn its boxes need (or None)."""
     src = item.image_path
     try:
         if item.pixels is not None:
             arr = item.pixels
-            info_w, info_h = arr.shape[1], arr.shape[0]
-            channels = 1 if arr.ndim == 2 else arr.shape[2]
-            bits = 8 * arr.dtype.itemsize
+            info = ImageInfo(arr.shape[1], arr.shape[0], 1 if arr.ndim == 2 else arr.shape[2],
+                             8 * arr.dtype.itemsize, "array")
             sha = ""
         else:
             if src is None:
@@ -287,84 +334,112 @@ def _write_image(item: RawImage, stem: str, tmp: Path, norm: Normalisation,
                         "label file has no matching image", action="skipped", severity="error")
                 return None
             arr, info = read_image(src)
-            info_w, info_h, channels, bits = info.width, info.height, info.channels, info.bit_depth
             sha = file_sha256(src)
     except ImageReadError as exc:
         log.add(exc.path, "unreadable_image", exc.reason, action="skipped image", severity="error")
         return None
-
-    if item.declared_size is not None and tuple(item.declared_size) != (info_w, info_h):
-        log.add(item.label_path or src, "size_mismatch",
-                f"label file says {item.declared_size[0]}x{item.declared_size[1]}, "
-                f"image is {info_w}x{info_h}", action="used the image's size", severity="warning")
+    if min(info.width, info.height) < MIN_IMAGE_SIDE:
+        log.add(src or item.label_path or item.image_id, "image_too_small",
+                f"image is {info.width}x{info.height} px; ultralytics drops images with a side under "
+                f"{MIN_IMAGE_SIDE} px", action="skipped image", severity="error")
+        return None
+    if info.pages > 1:
+        log.add(src, "multi_page_image", f"file holds {info.pages} pages",
+                action="imported page 1 only (as ultralytics and OpenCV read it)", severity="warning")
+    turn = check_frame(item.declared_size, info, where=item.label_path or src or item.image_id,
+                       image=src or item.image_id, log=log)
 
     arr8, note = to_uint8(arr, norm)
     suffix = src.suffix.lower() if src is not None else ""
-    if note == "none" and suffix in COPYABLE_SUFFIXES:
+    if note == "none" and suffix in COPYABLE_SUFFIXES and info.orientation == 1:
         dest = tmp / "images" / f"{stem}{suffix}"
         shutil.copyfile(src, dest)
     else:
         dest = tmp / "images" / f"{stem}.png"
-        save_png(arr8, dest)
+        save_png(arr8, dest)  # no EXIF in it: every reader sees the upright pixels
+        notes = [] if note == "none" else [note]
+        if info.orientation != 1:
+            notes.append(f"EXIF orientation {info.orientation} applied ({ORIENTATIONS[info.orientation]}), "
+                         "stored upright")
         if note == "none":
-            note = f"re-encoded {suffix or 'embedded image'} as PNG (pixels unchanged)"
+            notes.append(f"re-encoded {suffix or 'embedded image'} as PNG (pixels unchanged)")
+        note = "; ".join(notes)
     row = {
         "image_id": item.image_id, "file": f"images/{dest.name}", "label_file": "",
         "source_image": str(Path(src).resolve()) if src is not None else "(embedded)",
         "source_label": str(Path(item.label_path).resolve()) if item.label_path else "",
-        "sha256": sha, "width": info_w, "height": info_h, "channels": channels,
-        "bit_depth": bits, "normalisation": note, "pixel_sha256": pixel_sha256(arr),
-        "phash": perceptual_hash(arr8), "split": str(item.meta.get("split", "") or ""),
+        "sha256": sha, "width": info.width, "height": info.height, "channels": info.channels,
+        "bit_depth": info.bit_depth, "normalisation": note, "exif_orientation": info.orientation,
+        "pixel_sha256": pixel_sha256(arr), "phash": perceptual_hash(arr8),
+        "split": str(item.meta.get("split", "") or ""),
     }
     for k, v in item.meta.items():
         if k != "split":
             row[k] = v
-    return row
+    return row, turn
 
 
 def _validate_objects(item: RawImage, width: int, height: int, class_index: dict[str, int],
                       log: ProblemLog) -> list[RawObject] | None:
+    """The image's valid objects (clipped), or None when it is to be imported unlabelled.
+
+    An image whose label file could not be read, or whose annotations were all rejected, is
+    unlabelled: an empty label file would tell training that it holds no objects.
+    """
     if item.objects is None:
-        log.add(item.image_path or item.image_id, "missing_label_file",
-                "image has no label file", action="imported without labels (unlabelled)",
-                severity="warning")
+        if not item.label_unreadable:  # an unreadable label file was reported by the importer
+            log.add(item.image_path or item.image_id, "missing_label_file",
+                    "image has no label file", action="imported without labels (unlabelled)",
+                    severity="warning")
         return None
     where = item.label_path or item.image_path or item.image_id
-    kept = []
-    for k, o in enumerate(item.objects):
-        ref = o.ref or f"object {k + 1}"
-        if o.cls not in class_index:
-            log.add(where, "unknown_class", f"class {o.cls!r} is not in {list(class_index)}",
-                    action="skipped object", severity="error", object=ref)
-            continue
-        vals = np.array([o.x1, o.y1, o.x2, o.y2], dtype=float)
-        if not np.isfinite(vals).all():
-            log.add(where, "invalid_box", f"non-finite coordinates {vals.tolist()}",
-                    action="skipped object", severity="error", object=ref)
-            continue
-        x1, y1, x2, y2 = vals
-        if x2 < x1 or y2 < y1:
-            log.add(where, "inverted_box", f"x1,y1,x2,y2 = {x1:g},{y1:g},{x2:g},{y2:g}",
-                    action="corners swapped", severity="warning", object=ref)
-            x1, x2 = min(x1, x2), max(x1, x2)
-            y1, y2 = min(y1, y2), max(y1, y2)
-        cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
-        cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
-        if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            outside = (x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height) and (x2 > x1 or y2 > y1)
-            if outside:
-                log.add(where, "box_outside_image",
-                        f"box {x1:g},{y1:g},{x2:g},{y2:g} lies outside the {width}x{height} image",
-                        action="skipped object", severity="error", object=ref)
-                continue
-            log.add(where, "box_out_of_bounds",
-                    f"box {x1:g},{y1:g},{x2:g},{y2:g} exceeds the {width}x{height} image",
-                    action="clipped to the image", severity="warning", object=ref)
-        if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
-            log.add(where, "zero_area_box", f"box {x1:g},{y1:g},{x2:g},{y2:g} has zero width or height",
-                    action="kept (training ignores it)", severity="warning", object=ref)
-        kept.append(RawObject(o.cls, float(cx1), float(cy1), float(cx2), float(cy2), ref, o.polygon))
+    kept = [k for k in (_check_object(o, o.ref or f"object {i + 1}", width, height, class_index, where, log)
+                        for i, o in enumerate(item.objects)) if k is not None]
+    annotated = len(item.objects) + item.rejected
+    if annotated and not kept:
+        log.add(where, "no_valid_objects", f"all {annotated} annotation(s) of the label file were rejected "
+                "(see the rows for each)", action="imported as unlabelled, not as an image without objects",
+                severity="error")
+        return None
     return kept
+
+
+def _check_object(o: RawObject, ref: str, width: int, height: int, class_index: dict[str, int],
+                  where: object, log: ProblemLog) -> RawObject | None:
+    """One object checked against the classes and the image; clipped, or None (problem logged)."""
+    if o.cls not in class_index:
+        near = [c for c in class_index if c.casefold() == o.cls.strip().casefold()]
+        log.add(where, "unknown_class", f"class {o.cls!r} is not in {list(class_index)}"
+                + (f" (did you mean {near[0]!r}?)" if near else ""),
+                action="skipped object", severity="error", object=ref)
+        return None
+    vals = np.array([o.x1, o.y1, o.x2, o.y2], dtype=float)
+    if not np.isfinite(vals).all():
+        log.add(where, "invalid_box", f"non-finite coordinates {vals.tolist()}",
+                action="skipped object", severity="error", object=ref)
+        return None
+    x1, y1, x2, y2 = vals
+    if x2 < x1 or y2 < y1:
+        log.add(where, "inverted_box", f"x1,y1,x2,y2 = {x1:g},{y1:g},{x2:g},{y2:g}",
+                action="corners swapped", severity="warning", object=ref)
+        x1, x2 = min(x1, x2), max(x1, x2)
+        y1, y2 = min(y1, y2), max(y1, y2)
+    cx1, cy1 = min(max(x1, 0.0), width), min(max(y1, 0.0), height)
+    cx2, cy2 = min(max(x2, 0.0), width), min(max(y2, 0.0), height)
+    if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
+        outside = (x2 <= 0 or y2 <= 0 or x1 >= width or y1 >= height) and (x2 > x1 or y2 > y1)
+        if outside:
+            log.add(where, "box_outside_image",
+                    f"box {x1:g},{y1:g},{x2:g},{y2:g} lies outside the {width}x{height} image",
+                    action="skipped object", severity="error", object=ref)
+            return None
+        log.add(where, "box_out_of_bounds",
+                f"box {x1:g},{y1:g},{x2:g},{y2:g} exceeds the {width}x{height} image",
+                action="clipped to the image", severity="warning", object=ref)
+    if cx2 - cx1 <= 0 or cy2 - cy1 <= 0:
+        log.add(where, "zero_area_box", f"box {x1:g},{y1:g},{x2:g},{y2:g} has zero width or height",
+                action="kept (training ignores it)", severity="warning", object=ref)
+    return replace(o, x1=float(cx1), y1=float(cy1), x2=float(cx2), y2=float(cy2), ref=ref)
 
 
 def _meta_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
@@ -379,7 +454,11 @@ def _meta_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- meta + yaml
 
 def save_meta(root: str | Path, meta: pd.DataFrame, classes: list[str]) -> None:
-    """Write meta.csv, the split lists and dataset.yaml consistently (each atomically)."""
+    """Write meta.csv, the split lists and dataset.yaml consistently (each atomically).
+
+    Every split list is written (an emptied split must not keep its old list); dataset.yaml
+    names train and val always (ultralytics needs both) and test only when it holds images.
+    """
     root = Path(root)
     write_text(root / "meta.csv", meta.to_csv(index=False))
     split = meta["split"].fillna("").astype(str)
@@ -388,7 +467,8 @@ def save_meta(root: str | Path, meta: pd.DataFrame, classes: list[str]) -> None:
         for name in SPLITS:
             files = meta.loc[split == name, "file"]
             write_text(root / f"{name}.txt", "".join(f"./{f}\n" for f in files))
-            doc[name] = f"{name}.txt"
+            if len(files) or name != "test":
+                doc[name] = f"{name}.txt"
     else:
         # No split yet: ultralytics needs train and val; both point at all images until `split`.
         doc["train"] = "images"

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from workbench.data.canonical import read_meta
-from workbench.data.importers import convert
+from workbench.data.importers import FORMATS, convert
 from workbench.core.paths import GENERATED_DATA_DIR, VENDORED, VENDORED_FORMAT, shared_data_dir
 
 # The fuller copies in ../shared/data (when that folder exists), same formats.
@@ -47,7 +47,7 @@ def prepare(dataset: str | Path, *, fmt: str | None = None, out: Path | None = N
     else:
         src = Path(dataset)
         if fmt is None:
-            raise ValueError(f"{src}: give the format of this folder (one of voc, monuseg, masks, yolo, coco, labelme, labelstudio)")
+            raise ValueError(f"{src}: give the format of this folder (one of {', '.join(FORMATS)})")
         name = src.name
     if (Path(src) / "meta.csv").exists() and fmt in (None, "canonical"):
         return Path(src)

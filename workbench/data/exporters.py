@@ -1,9 +1,12 @@
 """Export a canonical dataset to YOLO (ultralytics folder), COCO JSON or labelme JSON files.
 
 Boxes come from the canonical ``labels/`` (authoritative, via :func:`load_dataset`);
-polygons from ``objects.csv`` where its rows still match the labels. Every export is written
-atomically to a new path outside the source dataset, and re-imports with the importer of
-the same name (``convert --format yolo|coco|labelme``) to the same images, classes and boxes.
+polygons and the ``difficult`` flag from ``objects.csv`` where its rows still match the labels.
+Every export is written atomically to a new path outside the source dataset (folders under
+the same exclusive lock as ``convert``), and re-imports with the importer of the same name
+(``convert --format yolo|coco|labelme``) to the same images, classes and boxes. Images are
+the canonical ones, stored upright, so every reader (pycocotools, labelme, ultralytics) sees
+the frame the boxes are in.
 
 Unlabelled images (no label file) stay unlabelled: YOLO writes no label file, labelme no
 JSON, and COCO - which cannot say "not labelled" - leaves them out (noted in the result).
@@ -11,7 +14,6 @@ JSON, and COCO - which cannot say "not labelled" - leaves them out (noted in the
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import json
 import os
 import shutil
@@ -24,9 +26,11 @@ import pandas as pd
 import yaml
 
 from workbench import __version__
-from workbench.core.atomic import new_folder, write_text
+from workbench.core.atomic import write_text
+from workbench.core.tables import utc_now
 from workbench.data.canonical import SPLITS, Dataset, format_yolo_line, load_dataset, select_split
 from workbench.core.problems import ProblemLog
+from workbench.data.outputs import exclusive_output
 
 LABELME_VERSION = "5.5.0"  # the labelme file format these files follow
 
@@ -61,7 +65,7 @@ def export_yolo(root: str | Path, out: str | Path, *, split_folders: bool = True
     has_split = meta["split"].ne("").any()
     boxes = _boxes_by_image(ds)
     notes = []
-    with new_folder(out, overwrite=overwrite) as tmp:
+    with exclusive_output(out, overwrite=overwrite) as tmp:
         n_boxes = 0
         for row in meta.itertuples(index=False):
             sub = (row.split or "unassigned") if (split_folders and has_split) else ""
@@ -117,7 +121,9 @@ def export_coco(root: str | Path, out_json: str | Path, *, split: str | None = N
 
     ``file_name`` is the image's path relative to the JSON's folder (``absolute_paths``:
     absolute), so the JSON re-imports in place; categories are ids 1..n in class order;
-    ``segmentation`` holds the polygon where the dataset has one, else is empty.
+    ``segmentation`` holds the polygon where the dataset has one, else is empty; objects
+    marked difficult carry ``"difficult": 1`` (pycocotools keeps extra keys; an evaluation that
+    honours it ignores them, as VOC's does).
     """
     ds, root, out_json = _load(root, out_json)
     if out_json.exists() and not overwrite:
@@ -130,7 +136,7 @@ def export_coco(root: str | Path, out_json: str | Path, *, split: str | None = N
                      "as not labelled; listed without annotations it would mean 'no objects')")
         meta = meta[~unlabelled]
     boxes = _boxes_by_image(ds)
-    polygons = _polygons(ds)
+    extras = _object_extras(ds)
     base = out_json.resolve().parent
     images, annotations = [], []
     for k, row in enumerate(meta.itertuples(index=False), 1):
@@ -138,19 +144,20 @@ def export_coco(root: str | Path, out_json: str | Path, *, split: str | None = N
         images.append({"id": k, "file_name": str(path) if absolute_paths else _relpath(path, base),
                        "width": int(row.width), "height": int(row.height)})
         b = boxes.get(row.image_id, _EMPTY)
-        polys = polygons.get(row.image_id, [None] * len(b))
-        for (c, x1, y1, x2, y2), poly in zip(b[["class_id", "x1", "y1", "x2", "y2"]].itertuples(index=False), polys):
+        extra = extras.get(row.image_id, [(None, False)] * len(b))
+        for (c, x1, y1, x2, y2), (poly, difficult) in zip(
+                b[["class_id", "x1", "y1", "x2", "y2"]].itertuples(index=False), extra):
             w, h = x2 - x1, y2 - y1
             seg = [[round(float(v), 2) for xy in poly for v in xy]] if poly else []
             annotations.append({
                 "id": len(annotations) + 1, "image_id": k, "category_id": int(c) + 1,
                 "bbox": [round(float(v), 3) for v in (x1, y1, w, h)],
                 "area": round(float(_polygon_area(poly) if poly else w * h), 3),
-                "iscrowd": 0, "segmentation": seg})
+                "iscrowd": 0, "segmentation": seg, **({"difficult": 1} if difficult else {})})
     doc = {
         "info": {"description": f"Exported by Cell Workbench {__version__} from {root}",
                  "version": __version__,
-                 "date_created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")},
+                 "date_created": utc_now()},
         "licenses": [],
         "images": images,
         "annotations": annotations,
@@ -176,26 +183,31 @@ def _polygon_area(poly: list[tuple[float, float]]) -> float:
 
 def export_labelme(root: str | Path, out_dir: str | Path, *, image_data: bool = False,
                    overwrite: bool = False) -> ExportResult:
-    """Write one labelme JSON (rectangles) per labelled image into ``out_dir``.
+    """Write one labelme JSON per labelled image into ``out_dir``.
 
-    ``imagePath`` is relative to the JSON (pointing into the canonical dataset);
-    ``image_data`` embeds the image file as base64 ``imageData`` so the JSON stands alone.
+    Objects with a polygon (MoNuSeg, masks) are ``polygon`` shapes, others ``rectangle``;
+    coordinates are rounded to 0.01 px (the labels' own precision, no float noise); a
+    difficult object carries ``flags: {"difficult": true}``. ``imagePath`` is relative to the
+    JSON (pointing into the canonical dataset); ``image_data`` embeds the image file as base64
+    ``imageData`` so the JSON stands alone.
     """
     ds, root, out_dir = _load(root, out_dir)
     meta = ds.images
     boxes = _boxes_by_image(ds)
-    notes, n_boxes, n_images = [], 0, 0
+    extras = _object_extras(ds)
+    notes, n_boxes, n_images, n_polygons = [], 0, 0, 0
     final = out_dir.resolve()
-    with new_folder(out_dir, overwrite=overwrite) as tmp:
+    with exclusive_output(out_dir, overwrite=overwrite) as tmp:
         for row in meta.itertuples(index=False):
             if not row.label_file:
                 continue
             src = (root / row.file).resolve()
             stem = Path(row.file).stem
             b = boxes.get(row.image_id, _EMPTY)
-            shapes = [{"label": cls, "points": [[float(x1), float(y1)], [float(x2), float(y2)]],
-                       "group_id": None, "description": "", "shape_type": "rectangle", "flags": {}}
-                      for cls, x1, y1, x2, y2 in b[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False)]
+            extra = extras.get(row.image_id, [(None, False)] * len(b))
+            shapes = [_labelme_shape(cls, (x1, y1, x2, y2), poly, difficult) for (cls, x1, y1, x2, y2), (poly, difficult)
+                      in zip(b[["class", "x1", "y1", "x2", "y2"]].itertuples(index=False), extra)]
+            n_polygons += sum(sh["shape_type"] == "polygon" for sh in shapes)
             doc = {"version": LABELME_VERSION, "flags": {}, "shapes": shapes,
                    "imagePath": _relpath(src, final),
                    "imageData": base64.b64encode(src.read_bytes()).decode("ascii") if image_data else None,
@@ -206,7 +218,21 @@ def export_labelme(root: str | Path, out_dir: str | Path, *, image_data: bool = 
         n_un = len(meta) - n_images
         if n_un:
             notes.append(f"{n_un} unlabelled image(s) have no JSON (labelme's way of saying 'not annotated')")
+        if n_polygons:
+            notes.append(f"{n_polygons} object(s) written as polygon shapes (their box is the polygon's extent)")
     return ExportResult(out_dir, n_images, n_boxes, notes)
+
+
+def _labelme_shape(cls: str, box: tuple[float, float, float, float], polygon: list | None,
+                   difficult: bool) -> dict[str, Any]:
+    """One labelme shape: the polygon where there is one, else the box as a rectangle."""
+    if polygon:
+        kind, points = "polygon", [[round(float(x), 2), round(float(y), 2)] for x, y in polygon]
+    else:
+        x1, y1, x2, y2 = (round(float(v), 2) for v in box)  # 6-decimal labels: 0.01 px is their precision
+        kind, points = "rectangle", [[x1, y1], [x2, y2]]
+    return {"label": cls, "points": points, "group_id": None, "description": "", "shape_type": kind,
+            "flags": {"difficult": True} if difficult else {}}
 
 
 # ----------------------------------------------------------------------------- shared
@@ -256,23 +282,28 @@ def _boxes_by_image(ds: Dataset) -> dict[str, pd.DataFrame]:
     return {k: g for k, g in obj.groupby("image_id", sort=False)}
 
 
-def _polygons(ds: Dataset) -> dict[str, list[list[tuple[float, float]] | None]]:
-    """image_id -> polygon per box, from objects.csv where its rows match the labels.
+def _object_extras(ds: Dataset) -> dict[str, list[tuple[list[tuple[float, float]] | None, bool]]]:
+    """image_id -> (polygon, difficult) per box, from objects.csv where its rows match the labels.
 
     objects.csv is written in label-line order; if the labels were edited since (counts or
-    classes differ) the polygons are no longer trustworthy and are dropped for that image.
+    classes differ) its rows are no longer trustworthy and are dropped for that image.
     """
     path = ds.root / "objects.csv"
     if not path.exists():
         return {}
     objs = pd.read_csv(path, dtype={"image_id": str, "class": str, "polygon": str}, keep_default_na=False)
-    if "polygon" not in objs or not objs["polygon"].ne("").any():
+    has_poly = "polygon" in objs and objs["polygon"].ne("").any()
+    difficult = pd.to_numeric(objs.get("difficult", pd.Series(0, index=objs.index)), errors="coerce").fillna(0)
+    if not has_poly and not difficult.gt(0).any():
         return {}
+    polys = objs["polygon"] if has_poly else pd.Series("", index=objs.index)
+    objs = objs.assign(_poly=polys, _difficult=difficult.gt(0))
     boxes = _boxes_by_image(ds)
     out = {}
     for image_id, g in objs.groupby("image_id", sort=False):
         b = boxes.get(image_id)
         if b is None or len(b) != len(g) or list(b["class"]) != list(g["class"]):
             continue
-        out[image_id] = [[tuple(p) for p in json.loads(s)] if s else None for s in g["polygon"]]
+        out[image_id] = [([tuple(p) for p in json.loads(s)] if s else None, bool(d))
+                         for s, d in zip(g["_poly"], g["_difficult"])]
     return out

@@ -3,7 +3,8 @@
 BCCD's official split is train/val only, and val is what early stopping and threshold tuning
 look at. :func:`with_test_split` writes a copy of a canonical dataset in which a seeded part
 of val is moved to ``test`` (:func:`workbench.data.splits.hold_out`); models trained on the copy
-never see those images, so the cascade can be judged on them honestly.
+never see those images, so the cascade can be judged on them honestly. Each val image's fate
+follows from its own hash, so a re-imported, grown dataset holds out the same images again.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from workbench.data.splits import hold_out
 
 
 def with_test_split(src: str | Path, out: str | Path, *, source: str = "val", fraction: float = 0.5,
-                    seed: int = 0, group_by: str | None = None, overwrite: bool = False) -> Path:
+                    seed: int = 0, group_by: str | None = None, exact: bool = False,
+                    overwrite: bool = False) -> Path:
     """Copy ``src`` to ``out`` (images hard-linked) with ``fraction`` of ``source`` moved to test.
 
     A dataset that already has test images is copied unchanged. The choice is recorded in
@@ -28,11 +30,13 @@ def with_test_split(src: str | Path, out: str | Path, *, source: str = "val", fr
         return out
     subset_dataset(src, out, keep={}, overwrite=True)
     meta = read_meta(out)
-    record: dict = {"source": source, "fraction": fraction, "seed": seed, "group_by": group_by}
+    record: dict = {"source": source, "fraction": fraction, "seed": seed, "group_by": group_by,
+                    "method": "exact count" if exact else "per-unit hash (stable when the dataset grows)"}
     if meta["split"].eq("test").any():
         record["skipped"] = "dataset already has a test split"
     else:
-        meta = meta.assign(split=hold_out(meta, source=source, fraction=fraction, seed=seed, group_by=group_by))
+        meta = meta.assign(split=hold_out(meta, source=source, fraction=fraction, seed=seed, group_by=group_by,
+                                          exact=exact))
         save_meta(out, meta, read_classes(out))
     record["images"] = {s: int(n) for s, n in meta["split"].value_counts().items()}
     info_path = out / "dataset.json"

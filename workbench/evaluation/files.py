@@ -100,6 +100,12 @@ def evaluate_tables(gt: GroundTruth, pred: pd.DataFrame, *, max_dets: int | None
     """Compute the metrics document and tidy tables (pure: no file I/O)."""
     known = set(gt.images)
     outside = sorted(set(pred["image"].astype(str)) - known)
+    if len(pred) and len(outside) == pred["image"].astype(str).nunique():
+        # every score would be 0 for a reason that is not the model's: say so instead
+        raise ValueError(f"no prediction names an image of the ground truth {gt.source}: predictions name "
+                         f"{outside[:3]}{' ...' if len(outside) > 3 else ''}, the ground truth "
+                         f"{sorted(known)[:3]}{' ...' if len(known) > 3 else ''} (image ids of a canonical "
+                         "dataset, or file names / stems of a COCO file)")
     pred = pred[pred["image"].astype(str).isin(known)].reset_index(drop=True)
     result = metrics.evaluate(gt.boxes, pred, max_dets=max_dets, classes=gt.classes)
     matches = metrics.match(gt.boxes, pred, iou_thr=iou_thr, max_dets=result.max_dets)

@@ -177,7 +177,7 @@ def prepare_patches(prof: LargeProfile, work: Path, base: Path, test_ids: Sequen
     is_test = meta["tile_of"].astype(str).isin(list(test_ids))
     split = pd.Series("test", index=meta.index, dtype=str)
     split[~is_test] = assign_splits(meta[~is_test].drop(columns="split"), ratios=(8, 2), seed=prof.seed,
-                                    keep_existing=False)
+                                    keep_existing=False, exact=True)  # derived patches: exact counts
     save_meta(out, meta.assign(split=split), read_classes(out))
     return out
 

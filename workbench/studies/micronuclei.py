@@ -149,7 +149,7 @@ def sample_tiles(meta: pd.DataFrame, train_ids: list[str], *, max_tiles: int, se
     rng = np.random.default_rng(seed)
     chosen = pool if len(pool) <= max_tiles else pd.Index(np.sort(rng.choice(pool, size=max_tiles, replace=False)))
     split[chosen] = assign_splits(meta.loc[chosen].drop(columns="split"), ratios=(8, 2), seed=seed,
-                                  keep_existing=False)
+                                  keep_existing=False, exact=True)  # a derived set: exact counts matter, re-import stability does not
     return split
 
 

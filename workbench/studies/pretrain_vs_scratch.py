@@ -96,7 +96,8 @@ def prepare_source(profile: TransferProfile, cache: Path) -> Path:
         base = datasets.prepare("monuseg", full=profile.full_source)
         tile_dataset(base, out, tile=profile.source_tile, overlap=SOURCE_OVERLAP,
                      min_visibility=SOURCE_MIN_VISIBILITY, overwrite=True)
-        split_dataset(out, ratios=SOURCE_RATIOS, seed=0, group_by="tile_of", keep_existing=False)
+        # a derived patch set: exact per-tile counts matter here, stability across re-imports does not
+        split_dataset(out, ratios=SOURCE_RATIOS, seed=0, group_by="tile_of", keep_existing=False, exact=True)
     return out
 
 

@@ -114,7 +114,10 @@ def check_image(path: str, reduce: int = 2) -> dict[str, Any]:
         out["truncated"] = True
     grey = out["file_mode"] in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F")
     flag = _REDUCE_FLAGS[reduce][1 if grey else 0]
-    arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error:  # a reduced decode of an image narrower than `reduce` px asserts inside OpenCV
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), _REDUCE_FLAGS[1][1 if grey else 0])
     if arr is None or arr.size == 0:
         out["error"] = "OpenCV could not decode the pixels"
         return out

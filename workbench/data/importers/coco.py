@@ -11,7 +11,8 @@ Choices (recorded in ``problems.csv``):
   count as one cell) with a warning naming the annotation;
 * polygon segmentations become the object's polygon (the largest part when there are
   several); RLE masks keep only the box;
-* an image listed without annotations has no objects (COCO has no "unlabelled" marker).
+* an image listed without annotations has no objects (COCO has no "unlabelled" marker); one
+  whose annotations were all rejected is imported unlabelled, not as an image without objects.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ def read(src: Path, *, images: str | Path | None = None, **_: Any) -> RawDataset
         records.append((im["id"], path, im))
 
     by_id: dict[Any, list[RawObject]] = {}
+    rejected: dict[Any, int] = {}
     for image_id, _, im in records:
         if image_id in by_id:
             log.add(json_path, "duplicate_image_id", f"image id {image_id} is listed twice",
@@ -68,8 +70,12 @@ def read(src: Path, *, images: str | Path | None = None, **_: Any) -> RawDataset
     listed = {im.get("id") for im in doc["images"] if isinstance(im, dict)}
     for k, ann in enumerate(doc["annotations"]):
         obj = _annotation(ann, k, cat_name, listed, json_path, log)
-        if obj is not None and ann["image_id"] in by_id:
-            by_id[ann["image_id"]].append(obj)
+        owner = ann.get("image_id") if isinstance(ann, dict) and _hashable(ann.get("image_id")) else None
+        if owner in by_id:
+            if obj is None:
+                rejected[owner] = rejected.get(owner, 0) + 1
+            else:
+                by_id[owner].append(obj)
 
     ids = unique_ids([p for _, p, _ in records], None)
     out = []
@@ -78,7 +84,8 @@ def read(src: Path, *, images: str | Path | None = None, **_: Any) -> RawDataset
         if image_id in seen:
             continue
         seen.add(image_id)
-        out.append(RawImage(rid, path, by_id[image_id], json_path, _declared(im), {}))
+        out.append(RawImage(rid, path, by_id[image_id], json_path, _declared(im), {},
+                            rejected=rejected.get(image_id, 0)))
     return RawDataset("coco", json_path, out, classes=classes, problems=log,
                       notes={"json": str(json_path), "category_ids": {c: i for i, c in cat_name.items()}})
 
@@ -112,9 +119,9 @@ def _categories(cats: list, json_path: Path, log: ProblemLog) -> tuple[list[str]
 def _annotation(ann: Any, k: int, cat_name: dict[Any, str], listed: set[Any], json_path: Path,
                 log: ProblemLog) -> RawObject | None:
     ref = f"annotation id {ann.get('id', '?')}" if isinstance(ann, dict) else f"annotations[{k}]"
-    if not isinstance(ann, dict) or "image_id" not in ann:
-        log.add(json_path, "invalid_annotation", "annotation lacks 'image_id'", action="skipped",
-                severity="error", object=ref)
+    if not isinstance(ann, dict) or "image_id" not in ann or not _hashable(ann["image_id"]):
+        log.add(json_path, "invalid_annotation", "annotation lacks an 'image_id' (a number or string)",
+                action="skipped", severity="error", object=ref)
         return None
     if ann["image_id"] not in listed:
         log.add(json_path, "unknown_image_id", f"image_id {ann['image_id']!r} is not in 'images'",
@@ -142,7 +149,12 @@ def _annotation(ann: Any, k: int, cat_name: dict[Any, str], listed: set[Any], js
         x, y, w, h = min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)
         log.add(json_path, "invalid_box", f"bbox {bbox!r} is not [x, y, width, height]",
                 action="box taken from the polygon", severity="warning", object=ref)
-    return RawObject(cat_name[ann["category_id"]], x, y, x + w, y + h, ref, polygon)
+    return RawObject(cat_name[ann["category_id"]], x, y, x + w, y + h, ref, polygon,
+                     difficult=bool(ann.get("difficult")))
+
+
+def _hashable(value: Any) -> bool:
+    return isinstance(value, (int, float, str)) and not isinstance(value, bool)
 
 
 def _largest_polygon(seg: Any) -> list[tuple[float, float]] | None:

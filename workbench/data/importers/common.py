@@ -26,17 +26,19 @@ def pick_by_stem(files: list[Path], log: ProblemLog) -> dict[str, Path]:
     by_stem: dict[str, list[Path]] = {}
     for f in files:
         by_stem.setdefault(f.stem, []).append(f)
-    chosen = {}
-    for stem, group in by_stem.items():
-        group.sort(key=lambda p: SUFFIX_PREFERENCE.index(p.suffix.lower())
+    return {stem: preferred_format(group, log) for stem, group in by_stem.items()}
+
+
+def preferred_format(group: list[Path], log: ProblemLog) -> Path:
+    """The original (lossless first, :data:`SUFFIX_PREFERENCE`) of one stem's files; a choice
+    among several is recorded (info)."""
+    group = sorted(group, key=lambda p: SUFFIX_PREFERENCE.index(p.suffix.lower())
                    if p.suffix.lower() in SUFFIX_PREFERENCE else len(SUFFIX_PREFERENCE))
-        chosen[stem] = group[0]
-        if len(group) > 1:
-            others = ", ".join(p.name for p in group[1:])
-            log.add(group[0], "several_image_formats",
-                    f"{stem!r} exists as {group[0].name} and {others}",
-                    action=f"imported {group[0].name} (original preferred)", severity="info")
-    return chosen
+    if len(group) > 1:
+        others = ", ".join(p.name for p in group[1:])
+        log.add(group[0], "several_image_formats", f"{group[0].stem!r} exists as {group[0].name} and {others}",
+                action=f"imported {group[0].name} (original preferred)", severity="info")
+    return group[0]
 
 
 def parse_xml(path: Path, log: ProblemLog) -> ET.Element | None:
@@ -61,4 +63,4 @@ def parse_json(path: Path, log: ProblemLog) -> Any | None:
     return None
 
 
-__all__ = ["IMAGE_SUFFIXES", "image_files", "pick_by_stem", "parse_xml", "parse_json"]
+__all__ = ["IMAGE_SUFFIXES", "image_files", "pick_by_stem", "preferred_format", "parse_xml", "parse_json"]

@@ -164,7 +164,8 @@ def read(src: Path, *, class_name: str = "nucleus", use_annotation_names: bool =
         objects = regions_to_objects(parsed.regions, xml_path, log, class_name=class_name.strip(),
                                      use_annotation_names=use_annotation_names)
         items.append(RawImage(xml_path.stem, image_path, objects, xml_path,
-                              meta={"microns_per_pixel": _mpp(parsed.microns_per_pixel, xml_path, log)}))
+                              meta={"microns_per_pixel": _mpp(parsed.microns_per_pixel, xml_path, log)},
+                              rejected=len(parsed.regions) - len(objects)))
     for folder_images in images.values():  # images that no XML describes: unlabelled
         for image_path in folder_images.values():
             if image_path not in paired:

@@ -66,11 +66,11 @@ def read(src: Path, *, images: str | Path | None = None, image_key: str | None =
     out = []
     for (task, tref, path), rid in zip(found, ids):
         ann = _pick_annotation(task, json_path, tref, log)
-        objects, declared = None, None
+        objects, declared, rejected = None, None, 0
         if ann is not None:
-            objects, declared = _results(ann.get("result") or [], path, json_path, tref, log)
+            objects, declared, rejected = _results(ann.get("result") or [], path, json_path, tref, log)
         out.append(RawImage(rid, path, objects, json_path, declared,
-                            {"labelstudio_task": task.get("id", "")}))
+                            {"labelstudio_task": task.get("id", "")}, rejected=rejected))
     return RawDataset("labelstudio", json_path, out, classes=None, problems=log,
                       notes={"json": str(json_path), "tasks": len(tasks)})
 
@@ -131,16 +131,18 @@ def _pick_annotation(task: dict, json_path: Path, tref: str, log: ProblemLog) ->
 
 
 def _results(results: list, image: Path, json_path: Path, tref: str,
-             log: ProblemLog) -> tuple[list[RawObject], tuple[int, int] | None]:
+             log: ProblemLog) -> tuple[list[RawObject], tuple[int, int] | None, int]:
+    """(objects, the stated original size, regions rejected); percentages are of the image as
+    shown (EXIF orientation applied, as the browser showed it to the annotator)."""
     declared = next(((int(r["original_width"]), int(r["original_height"])) for r in results
                      if isinstance(r, dict) and r.get("original_width") and r.get("original_height")), None)
     size = image_size(image) or declared
     if size is None:  # unreadable image: write_canonical reports it
-        return [], declared
+        return [], declared, 0
     w, h = size
     labels_by_id = {r.get("id"): (r.get("value") or {}).get("labels") for r in results
                     if isinstance(r, dict) and r.get("type") == "labels"}
-    objects, unsupported = [], {}
+    objects, unsupported, rejected = [], {}, 0
     for j, r in enumerate(results, 1):
         if not isinstance(r, dict):
             continue
@@ -155,6 +157,7 @@ def _results(results: list, image: Path, json_path: Path, tref: str,
         if not names:
             log.add(json_path, "missing_class", f"{kind} region has no label", action="skipped object",
                     severity="error", object=ref)
+            rejected += 1
             continue
         if len(names) > 1:
             log.add(json_path, "several_labels", f"region has labels {names}", action=f"used {names[0]!r}",
@@ -164,6 +167,7 @@ def _results(results: list, image: Path, json_path: Path, tref: str,
         except (KeyError, TypeError, ValueError) as exc:
             log.add(json_path, "invalid_box", f"{kind} value {value!r}: {exc}", action="skipped object",
                     severity="error", object=ref)
+            rejected += 1
             continue
         rotation = float(value.get("rotation") or 0.0)
         if rotation % 360 and kind not in POLY_TYPES:
@@ -173,7 +177,8 @@ def _results(results: list, image: Path, json_path: Path, tref: str,
     for kind, n in unsupported.items():
         log.add(json_path, "unsupported_region", f"{n} result(s) of type {kind!r} (not boxes or polygons)",
                 action="skipped", severity="warning", object=tref)
-    return objects, declared
+        rejected += n
+    return objects, declared, rejected
 
 
 def _geometry(kind: str, v: dict, w: int, h: int

@@ -7,27 +7,20 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
-from PIL import Image
-
-from workbench.core.images import is_image_file
+from workbench.core.images import image_header, is_image_file, upright_size
 
 # Label Studio stores uploads as "<8 hex digits>-<original name>".
 UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 
 
 def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if unreadable."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                return int(im.width), int(im.height)
-    except Exception:  # unreadable files are reported by write_canonical, which decodes them
-        return None
+    """(width, height) as the image is shown (EXIF orientation applied, as ultralytics, label
+    tools and browsers do), from the file header; None if unreadable (write_canonical reports it)."""
+    header = image_header(path)
+    return None if header is None else upright_size(*header)
 
 
 def unique_ids(paths: list[Path], root: Path | None = None) -> list[str]:

@@ -40,6 +40,12 @@ above it (up to ``src``) named ``*image-info*.csv`` or having an ``image`` colum
 (set folder name = its ``dataset`` column if it has one, image stem); its other columns become
 meta columns. Meta also holds ``set`` and ``missing_classes``.
 
+Masks must be lossless: a JPEG (or WebP) mask turns each object's edge into compression noise,
+thousands of one-pixel "instances", so such masks are refused (``ValueError`` naming them)
+unless ``allow_lossy_masks`` (then each is a ``lossy_mask`` warning). A mask may match the
+image as shown (EXIF orientation applied) or its stored pixels; in the second case its boxes
+are turned with the image (see :mod:`workbench.data.orientation`).
+
 Problems: a mask whose size differs from its image is an error and is ignored (the image
 keeps its other classes and lists the class in ``missing_classes``); an image without a mask
 of some class is ``missing_label_file`` (warning) for that class and ``missing_classes`` names
@@ -61,7 +67,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from workbench.data.canonical import META_COLUMNS, RawDataset, RawImage, RawObject
-from workbench.core.images import ImageReadError, read_image
+from workbench.core.images import ImageReadError, image_header, read_image, upright_size
 from workbench.core.problems import ProblemLog
 from workbench.data.importers.common import image_files, pick_by_stem
 from workbench.data.importers.foldersplit import official_splits, split_from_folders
@@ -73,6 +79,7 @@ LINK_THRESHOLD = 0.5
 FRAGMENT_SHARE = 0.1  # a part under 10% of its colour's largest part is reported as a fragment
 # Tallied per class in RawDataset.notes: what each instance rule would give, side by side.
 COUNT_KEYS = ("masks", "instances", "distinct_colours", "colour_components", "foreground_components")
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")
 
 
 # ----------------------------------------------------------------------------- layout
@@ -197,15 +204,6 @@ def _outline(inside: np.ndarray, r0: int, c0: int) -> list[tuple[float, float]]:
     return list(map(tuple, c.astype(float).tolist()))
 
 
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header; None if unreadable (write_canonical reports it)."""
-    try:
-        with Image.open(path) as im:
-            return int(im.width), int(im.height)
-    except Exception:  # PIL raises many types for corrupt files
-        return None
-
-
 # ----------------------------------------------------------------------------- metadata CSV
 
 def read_image_info(sets: list[MaskSet], src: Path, log: ProblemLog) -> dict[tuple[str, str], dict[str, str]]:
@@ -279,11 +277,12 @@ def _user_column(name: str) -> str:
 
 def read(src: Path, *, class_names: Mapping[str, str] | None = None, connectivity: int = 4,
          instances: str | Mapping[str, str] = "auto", split_components: bool = True,
-         polygons: bool = True) -> RawDataset:
+         polygons: bool = True, allow_lossy_masks: bool = False) -> RawDataset:
     """Import an instance-mask tree (see the module docstring for rules and options).
 
     ``instances``: one of ``"auto"``, ``"colour"``, ``"component"`` for every class, or a
     mapping class -> rule (folder prefix or renamed class; unnamed classes use "auto").
+    ``allow_lossy_masks``: import JPEG/WebP masks (refused otherwise).
     """
     src = Path(src)
     if connectivity not in (4, 8):
@@ -303,6 +302,7 @@ def read(src: Path, *, class_names: Mapping[str, str] | None = None, connectivit
     if len(set(cls_of.values())) != len(cls_of):
         raise ValueError(f"class_names maps several mask folders to one class: {cls_of}")
     requested = _requested_rules(instances, prefixes, cls_of)
+    _check_lossless(sets, allow_lossy_masks, log)
 
     _report_orphan_masks(sets, log)
     pairs = _pair(sets)
@@ -344,18 +344,20 @@ def _sum_counts(tallies: list[dict[str, dict[str, int]]], cls_of: dict[str, str]
 def _image(s: MaskSet, stem: str, image_path: Path, masks: dict[str, Path], cls_of: dict[str, str],
            rules: dict[str, str], options: dict, counts: dict[str, dict[str, int]], log: ProblemLog) -> RawImage:
     """One image with the objects of every class mask it has (see the module docstring)."""
-    size = image_size(image_path)
+    header = image_header(image_path)
+    # a mask may match the image as shown (EXIF turn applied) or its stored pixels
+    sizes = None if header is None else {upright_size(*header), header[0]}
     objects: list[RawObject] = []
-    missing, label_path = [], None
+    missing, label_path, declared = [], None, None
     for p, cls in cls_of.items():
         mask_path = masks.get(p)
-        got = None if mask_path is None else _mask_objects(mask_path, size, cls, rules[p], counts=counts[p],
+        got = None if mask_path is None else _mask_objects(mask_path, sizes, cls, rules[p], counts=counts[p],
                                                            log=log, **options)
         if got is None:
             missing.append(cls)
             continue
-        objects.extend(got)
-        label_path = label_path or mask_path
+        objects.extend(got[0])
+        label_path, declared = label_path or mask_path, declared or got[1]
     labelled = label_path is not None
     if labelled:  # an image with no mask at all is reported once, as unlabelled, by the writer
         for p, cls in cls_of.items():
@@ -364,7 +366,8 @@ def _image(s: MaskSet, stem: str, image_path: Path, masks: dict[str, Path], cls_
                         action=f"imported without {cls!r} objects", severity="warning", object=cls)
     meta = {"set": s.folder.name, "missing_classes": ";".join(missing) if labelled else ""}
     image_id = f"{s.rel}/{stem}" if s.rel else stem
-    return RawImage(image_id, image_path, objects if labelled else None, label_path, meta=meta)
+    return RawImage(image_id, image_path, objects if labelled else None, label_path, declared_size=declared,
+                    meta=meta)
 
 
 def _requested_rules(instances: str | Mapping[str, str], prefixes: list[str],
@@ -390,6 +393,23 @@ def _pair(sets: list[MaskSet]) -> list[tuple[MaskSet, str, Path, dict[str, Path]
     """(set, stem, image, class -> mask) for every image."""
     return [(s, stem, image_path, {p: m[stem] for p, m in s.masks.items() if stem in m})
             for s in sets for stem, image_path in sorted(s.images.items())]
+
+
+def _check_lossless(sets: list[MaskSet], allow: bool, log: ProblemLog) -> None:
+    """Refuse masks in a lossy format (or record each, when the user insists)."""
+    lossy = sorted(m for s in sets for masks in s.masks.values() for m in masks.values()
+                   if m.suffix.lower() in LOSSY_SUFFIXES)
+    if not lossy:
+        return
+    if not allow:
+        shown = "\n  ".join(str(m) for m in lossy[:5]) + (f"\n  ... and {len(lossy) - 5} more" if len(lossy) > 5 else "")
+        raise ValueError(f"{len(lossy)} mask file(s) are in a lossy format (JPEG/WebP): compression noise "
+                         f"turns every object's edge into many one-pixel instances:\n  {shown}\n"
+                         "Export the masks as PNG or TIFF, or pass --allow-lossy-masks to import them anyway")
+    for m in lossy:
+        log.add(m, "lossy_mask", f"mask saved as {m.suffix} (lossy): object edges carry compression noise",
+                action="imported as given (--allow-lossy-masks); expect spurious tiny instances",
+                severity="warning")
 
 
 def _report_orphan_masks(sets: list[MaskSet], log: ProblemLog) -> None:
@@ -443,10 +463,10 @@ def _rule_note(rule: str, requested: str, fraction: float, split_components: boo
     return f"{what} ({why})"
 
 
-def _mask_objects(mask_path: Path, size: tuple[int, int] | None, cls: str, rule: str, *, connectivity: int,
-                  split_components: bool, polygons: bool, counts: dict[str, int],
-                  log: ProblemLog) -> list[RawObject] | None:
-    """Objects of one mask, or None (problem logged) when the mask cannot be used."""
+def _mask_objects(mask_path: Path, sizes: set[tuple[int, int]] | None, cls: str, rule: str, *,
+                  connectivity: int, split_components: bool, polygons: bool, counts: dict[str, int],
+                  log: ProblemLog) -> tuple[list[RawObject], tuple[int, int]] | None:
+    """(objects, mask size) of one mask, or None (problem logged) when the mask cannot be used."""
     try:
         arr, info = read_image(mask_path)
         code = mask_codes(arr)
@@ -458,8 +478,9 @@ def _mask_objects(mask_path: Path, size: tuple[int, int] | None, cls: str, rule:
         log.add(mask_path, "malformed_label_file", str(exc), action=f"imported without {cls!r} objects",
                 severity="error")
         return None
-    if size is not None and (info.width, info.height) != size:
-        log.add(mask_path, "size_mismatch", f"mask is {info.width}x{info.height}, image is {size[0]}x{size[1]}",
+    if sizes is not None and (info.width, info.height) not in sizes:
+        shown = " or ".join(f"{w}x{h}" for w, h in sorted(sizes))
+        log.add(mask_path, "size_mismatch", f"mask is {info.width}x{info.height}, image is {shown}",
                 action=f"mask ignored; imported without {cls!r} objects", severity="error")
         return None
     lab = label_instances(code, rule=rule, connectivity=connectivity, split_components=split_components)
@@ -471,7 +492,7 @@ def _mask_objects(mask_path: Path, size: tuple[int, int] | None, cls: str, rule:
                for k, (x1, y1, x2, y2, c, poly) in enumerate(found, 1)]
     if rule == "colour" and split_components:
         _report_fragments(lab, [f[4] for f in found], objects, mask_path, log)
-    return objects
+    return objects, (info.width, info.height)
 
 
 def _report_fragments(lab: np.ndarray, codes: list[int], objects: list[RawObject], mask_path: Path,

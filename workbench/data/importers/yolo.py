@@ -15,7 +15,9 @@ Accepted sources:
 
 An image's label file is found as ultralytics finds it: the last ``/images/`` of the image
 path becomes ``/labels/`` and the suffix ``.txt``. A missing label file means "not
-labelled" (objects None); an empty one means "no objects" (recorded as info).
+labelled" (objects None); an empty one means "no objects" (recorded as info); one that
+cannot be read (UTF-16, binary), or whose lines were all rejected, is "not labelled" too,
+never "no objects". Files are read as UTF-8 with an optional BOM (as ultralytics does).
 Class names come from the yaml, else ``classes.txt`` / ``obj.names``, else the ``names``
 option, else the ids themselves ("0", "1", ...). Segment lines become boxes that keep
 their polygon.
@@ -68,12 +70,13 @@ def read(src: Path, *, names: list[str] | None = None, **_: Any) -> RawDataset:
     used_labels: set[Path] = set()
     for (path, split), image_id in zip(entries, ids):
         label = label_path_for(path)
-        objects = None
+        objects, rejected, unreadable = None, 0, False
         if label.is_file():
             used_labels.add(label.resolve())
-            objects = _read_label(label, path, id2name, log)
+            objects, rejected = _read_label(label, path, id2name, log)
+            unreadable = objects is None
         images.append(RawImage(image_id, path, objects, label if label.is_file() else None,
-                               meta={"split": split}))
+                               meta={"split": split}, rejected=rejected, label_unreadable=unreadable))
     _orphan_labels(entries, used_labels, log)
     return RawDataset("yolo", src, images, classes=_dedupe_names(classes, log, src),
                       problems=log, notes=notes)
@@ -103,7 +106,7 @@ def _find_yaml(src: Path) -> Path | None:
 
 def _from_yaml(yaml_path: Path, log: ProblemLog) -> tuple[dict[int, str], Path, list[tuple[Path, str]]]:
     try:
-        doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8"))
+        doc = yaml.safe_load(yaml_path.read_text(encoding="utf-8-sig"))
     except (yaml.YAMLError, OSError, UnicodeDecodeError) as exc:
         raise ValueError(f"{yaml_path}: cannot read the YOLO dataset yaml: {exc}") from None
     if not isinstance(doc, dict):
@@ -204,7 +207,7 @@ def _resolve_entry(entry: str, root: Path, base: Path) -> Path | None:
 
 def _read_image_list(txt: Path, root: Path, log: ProblemLog) -> list[Path]:
     out = []
-    for lineno, line in enumerate(txt.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(txt.read_text(encoding="utf-8-sig").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -250,14 +253,18 @@ def _fallback_names(names: list[str] | None, entries: list[tuple[Path, str]], lo
     cands += [where / n for n in NAMES_FILES] if where.is_dir() else []
     for c in cands:
         if c.is_file():
-            lines = [ln.strip() for ln in c.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in c.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
             return {i: n for i, n in enumerate(lines)}, str(c)
     # Names unknown: name classes by id so nothing is lost; the user can rename later.
     ids: set[int] = set()
     for p, _ in entries:
         lab = label_path_for(p)
         if lab.is_file():
-            arr, _lines = parse_yolo_lines(lab.read_text(encoding="utf-8"), str(lab), ProblemLog())
+            try:
+                text = lab.read_text(encoding="utf-8-sig")
+            except (OSError, UnicodeDecodeError):
+                continue  # reported when the label is read
+            arr, _lines = parse_yolo_lines(text, str(lab), ProblemLog())
             ids.update(int(c) for c in arr[:, 0])
     n = max(ids) + 1 if ids else 0
     log.add(where, "no_class_names", "no data.yaml, classes.txt or obj.names found",
@@ -267,20 +274,24 @@ def _fallback_names(names: list[str] | None, entries: list[tuple[Path, str]], lo
 
 # ----------------------------------------------------------------------------- labels
 
-def _read_label(label: Path, image: Path, id2name: dict[int, str], log: ProblemLog) -> list[RawObject]:
+def _read_label(label: Path, image: Path, id2name: dict[int, str],
+                log: ProblemLog) -> tuple[list[RawObject] | None, int]:
+    """(objects, lines rejected); objects None when the file cannot be read (problem logged)."""
     try:
-        text = label.read_text(encoding="utf-8")
+        text = label.read_text(encoding="utf-8-sig")  # a BOM must not hide the first line
     except (OSError, UnicodeDecodeError) as exc:
-        log.add(label, "unreadable_label_file", str(exc), action="imported as no objects", severity="error")
-        return []
+        log.add(label, "unreadable_label_file", f"{type(exc).__name__}: {exc} (YOLO labels are UTF-8 text)",
+                action="imported as unlabelled", severity="error")
+        return None, 0
     if not text.strip():
         log.add(label, "empty_label_file", "label file has no lines (image has no objects)",
                 action="imported with no objects", severity="info")
-        return []
+        return [], 0
     arr, linenos = parse_yolo_lines(text, str(label), log)
+    rejected = sum(1 for ln in text.splitlines() if ln.strip()) - len(arr)
     size = image_size(image)
     if size is None:  # write_canonical reports the unreadable image and skips it
-        return []
+        return [], rejected
     w, h = size
     lines = text.splitlines()
     objects = []
@@ -290,13 +301,14 @@ def _read_label(label: Path, image: Path, id2name: dict[int, str], log: ProblemL
             log.add(label, "unknown_class",
                     f"class id {int(cid)} is not in names (ids {_id_range(id2name)})",
                     action="skipped object", severity="error", object=ref)
+            rejected += 1
             continue
         vals = [float(v) for v in lines[lineno - 1].split()]
         polygon = ([(x * w, y * h) for x, y in zip(vals[1::2], vals[2::2])]
                    if len(vals) > 5 else None)
         x1, y1, x2, y2 = (_snap(v) for v in (cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2))
         objects.append(RawObject(id2name[int(cid)], x1 * w, y1 * h, x2 * w, y2 * h, ref, polygon))
-    return objects
+    return objects, rejected
 
 
 def _snap(v: float) -> float:
@@ -333,7 +345,7 @@ def _orphan_labels(entries: list[tuple[Path, str]], used: set[Path], log: Proble
 
 def _looks_like_label(txt: Path) -> bool:
     try:
-        with txt.open(encoding="utf-8") as fh:
+        with txt.open(encoding="utf-8-sig") as fh:
             first = next((ln.split() for ln in fh if ln.strip()), None)
     except (OSError, UnicodeDecodeError):
         return False
