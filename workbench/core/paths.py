@@ -12,6 +12,10 @@ DATA_DIR = PROJECT_ROOT / "data"
 RAW_DIR = DATA_DIR / "raw"  # vendored real data, read-only
 GENERATED_DATA_DIR = DATA_DIR / "generated"  # canonical datasets made from RAW_DIR (git-ignored)
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+MODELS_DIR = DATA_DIR / "models"  # small models the project trained itself, each with run.json + PROVENANCE.md
+# yolov8n pretrained on 10 MoNuSeg H&E tiles (the 3 vendored tiles are its test set): the source
+# model to fine-tune from offline (data/models/monuseg_yolov8n/PROVENANCE.md)
+SOURCE_MODEL = MODELS_DIR / "monuseg_yolov8n"
 
 
 def outputs_dir() -> Path:
