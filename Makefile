@@ -14,10 +14,16 @@ PROFILE ?= smoke
 RUN ?=
 GT ?= data/generated/bccd
 SPLIT ?= val
+OUT ?=
+# make lab: the port JupyterLab tries first, and the address it listens on (0.0.0.0 in a container)
+LAB_PORT ?= 8888
+LAB_IP ?= localhost
+# jupyter refuses to run as root without --allow-root (containers run as root)
+ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
-.PHONY: demo test lab audit inspect env clean-outputs help
+.PHONY: demo test lab audit inspect env results clean-outputs help
 help:
-	@echo "make demo | make test | make lab | make audit DATASET=bccd|monuseg|mnfinder | make inspect RUN=... | make env"
+	@echo "make demo [PROFILE=full] [OUT=dir] | make test | make lab [LAB_PORT=8888] [LAB_IP=0.0.0.0] | make audit DATASET=bccd|monuseg|mnfinder | make inspect RUN=... | make env"
 
 env: $(STAMP)
 
@@ -27,11 +33,13 @@ $(STAMP): pyproject.toml
 	# torch first, from the pinned wheels (an unpinned torch would pull several GB)
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e .
+	# napari runs on PyQt6 now; a PyQt5 left by an older .venv would be picked first by qtpy
+	$(PY) -m pip uninstall --quiet --yes PyQt5 PyQt5-Qt5 PyQt5-sip 2>/dev/null || true
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Cell Workbench (.venv)" >/dev/null
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m workbench demo --profile $(PROFILE)
+	$(PY) -m workbench demo --profile $(PROFILE) $(if $(OUT),--out $(OUT))
 
 test: $(STAMP)
 ifneq ($(XVFB),)
@@ -42,10 +50,17 @@ else
 endif
 
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	@echo "JupyterLab on notebooks/ with the kernel \"Cell Workbench (.venv)\": open the URL with the token printed"
+	@echo "below (port $(LAB_PORT), or the next free one). In a container: make lab LAB_IP=0.0.0.0 and publish"
+	@echo "the port (docker run -p $(LAB_PORT):$(LAB_PORT) ...). Ctrl-C stops it."
+	$(PY) -m jupyter lab --no-browser --ip=$(LAB_IP) --port=$(LAB_PORT) $(ALLOW_ROOT) --ServerApp.root_dir=notebooks
 
 audit: $(STAMP)
-	$(PY) -m workbench notebook 01_dataset_audit -p dataset $(DATASET) -p profile $(PROFILE)
+	$(PY) -m workbench notebook 01_dataset_audit -p dataset=$(DATASET) -p profile=$(PROFILE) $(if $(OUT),--out $(OUT))
+
+# the studies' cpu profiles (hours on 2 cores), published to outputs/results/ (committed): make results [ONLY="03 04"]
+results: $(STAMP)
+	$(PY) -m workbench results --profile cpu $(if $(ONLY),--only $(ONLY),)
 
 # napari on the hard cases of a run: make inspect RUN=outputs/runs/<id> [GT=dataset folder] [SPLIT=val]
 inspect: $(STAMP)

@@ -7,7 +7,7 @@ import nbformat
 import pandas as pd
 import pytest
 
-from workbench.studies.notebooks import error_names, run_notebook
+from workbench.studies.notebooks import error_names, missing_figures, run_notebook
 from workbench.core.paths import NOTEBOOKS_DIR
 
 
@@ -34,6 +34,7 @@ def test_dataset_audit_notebook(tmp_path, dataset, classes):
     audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert audit["classes"] == classes  # equal to the counts in the raw files (see the importer tests)
     assert (tmp_path / "audit" / "figures" / "class_counts.png").exists()
+    assert not missing_figures(executed, len(list((tmp_path / "audit" / "figures").glob("*.pdf"))))
 
 
 @pytest.mark.slow
@@ -50,22 +51,37 @@ def test_pretrain_vs_scratch_notebook_smoke(tmp_path):
     assert fine["model"]["pretrained"].endswith("pretrain_f100_s0/weights/best.pt")  # the pretraining cell's weights
     epochs = pd.read_csv(out / "epochs.csv")
     assert set(epochs["run_id"]) == set(runs["run_id"]) and epochs["mAP50"].between(0, 1).all()
-    for table in ("headline", "summary"):
+    for table in ("headline", "summary", "by_arm"):
         assert len(pd.read_csv(out / f"{table}.csv")) > 0
-    for fig in ("map50_vs_epoch", "label_efficiency"):
+    summary = pd.read_csv(out / "summary.csv")
+    assert {"arm", "seed", "fraction", "split", "map50", "map50_95"} <= set(summary.columns)
+    assert (summary["split"] == "test").all() and (summary["test_images"] > 0).all()  # scored on held-out test
+    for fig in ("map50_vs_epoch", "label_efficiency", "test_map50"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
-    assert "runs: pretrain_f100_s0" in (out / "map50_vs_epoch.caption.txt").read_text()
+    caption = (out / "map50_vs_epoch.caption.txt").read_text()
+    assert "Runs: pretrain_f100_s0" in caption and "VALIDATION" in caption
     study = json.loads((out / "study.json").read_text())
     assert study["study"] == "03_pretrain_vs_scratch" and len(study["cells"]) == len(runs)
+    assert not missing_figures(executed, len(list(out.glob("*.pdf"))))
 
 
 @pytest.mark.slow
 def test_model_size_notebook_smoke(tmp_path):
     executed = run_notebook("04_model_size", {"dataset": "bccd", "profile": "smoke"}, out_dir=tmp_path)
     assert not error_names(executed)
-    table = pd.read_csv(tmp_path / "results" / "model_size.csv")
+    out = tmp_path / "results"
+    table = pd.read_csv(out / "model_size.csv")
     assert table["model"].tolist() == ["yolov8n", "yolov8s"]
     assert table["params"].is_monotonic_increasing and (table["latency_ms"] > 0).all()
+    assert not missing_figures(executed, len(list((tmp_path / "results").glob("*.pdf"))))
+    # scored on a test split held out of val (val chose best.pt), with intervals and per-class AP
+    study = json.loads((out / "study.json").read_text())
+    assert study["split"] == "test" and study["hold_out"]["source"] == "val" and study["test_images"] == 8
+    assert (table["split"] == "test").all() and (table["test_images"] == study["test_images"]).all()
+    assert {"map50_lo", "map50_hi", "map50_95_lo", "map50_95_hi", "val_map50"} <= set(table.columns)
+    assert (table["map50_lo"] <= table["map50_hi"]).all()
+    assert {"ap50_RBC", "ap50_WBC", "ap50_Platelets"} <= set(table.columns)
+    assert "TEST split (8 images" in (out / "model_size.caption.txt").read_text()
 
 
 @pytest.mark.slow
@@ -88,6 +104,7 @@ def test_large_images_notebook_smoke(tmp_path):
     assert study["micronuclei"]["run_ids"] == {"native": "mn_native_yolov8n_x1_s0",
                                                "upsampled": "mn_upsampled_yolov8n_x2_s0"}
     assert (tmp_path / "work" / "micronuclei" / "runs" / "mn_native_yolov8n_x1_s0" / "run.json").exists()
+    assert not missing_figures(executed, len(list(out.glob("*.pdf"))))
 
 
 @pytest.mark.slow
@@ -107,6 +124,8 @@ def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, po
     meta = pd.read_csv(f"{settings['data']}/meta.csv")
     n_test = n_test or int((meta["split"] == "test").sum())
     assert settings["split"] == "test" and settings["test_images"] == n_test > 0 and settings["positive"] == positive
+    assert settings["detector_init"] is None  # smoke trains from scratch; cpu fine-tunes the source model
+    assert f"TEST split: {n_test} images" in (out / "class_share.caption.txt").read_text()
     assert [c["config"]["step"] for c in settings["cells"]] == ["detector", "classifier", "evaluation"]
     cascade = pd.read_csv(out / "predictions_cascade.csv")
     assert {"det_class", "det_score", "cls_class", "cls_prob", "final_class", "changed"} <= set(cascade.columns)
@@ -115,6 +134,7 @@ def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, po
     assert len(pd.read_csv(out / "stats_counts_truth.csv")) == n_test  # one row per test image
     for fig in ("class_share", "cell_size", "neighbourhood", "worst_overlays"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
+    assert not missing_figures(executed, len(list(out.glob("*.pdf"))))
 
 
 def test_error_names_reports_the_exceptions_of_executed_cells(tmp_path):

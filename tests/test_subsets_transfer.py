@@ -8,7 +8,8 @@ from conftest import checksums
 from workbench.data.canonical import load_dataset, read_meta
 from workbench.data.subsets import choose, subset_dataset
 from workbench.studies.pretrain_vs_scratch import (
-    EQUAL, FINETUNE, PRETRAIN, SCRATCH, TransferProfile, epoch_table, equal_compute_epochs, headline, summary)
+    EQUAL, FINETUNE, PRETRAIN, SCRATCH, SUMMARY_COLUMNS, TransferProfile, by_arm, epoch_table, equal_compute_epochs,
+    headline, summary)
 
 
 def test_subsets_are_nested_deterministic_and_leave_the_source_alone(bccd_canonical, tmp_path):
@@ -43,6 +44,34 @@ def test_equal_compute_counts_pretraining_in_target_images_seen():
         equal_compute_epochs(prof, 60, 0)
 
 
+def test_headline_adds_the_spread_over_seeds():
+    runs = pd.DataFrame([{"arm": arm, "seed": seed, "fraction": 1.0, "map50": m, "map50_95": m / 2}
+                         for seed, (a, b) in enumerate([(0.5, 0.8), (0.6, 0.8), (0.55, 0.9)])
+                         for arm, m in ((SCRATCH, a), (FINETUNE, b))])
+    h = headline(runs).set_index("seed")
+    assert h.loc["mean", "map50: fine-tune - scratch"] == pytest.approx((0.3 + 0.2 + 0.35) / 3)
+    assert h.loc["min", "map50: fine-tune - scratch"] == pytest.approx(0.2)
+    assert h.loc["max", "map50: fine-tune - scratch"] == pytest.approx(0.35)
+
+
+def test_cpu_profile_fine_tunes_every_seed_from_the_committed_source_model(tmp_path):
+    from workbench.core.paths import SOURCE_MODEL
+    from workbench.studies.pretrain_vs_scratch import PretrainVsScratchStudy
+
+    study = PretrainVsScratchStudy("bccd", profile="cpu", out_dir=tmp_path)
+    cells = study.cells()
+    assert not [c for c in cells if c.config["arm"] == PRETRAIN]  # no pretraining: the source model is shared
+    full = [c for c in cells if c.config["fraction"] == 1.0]
+    assert sorted({c.config["seed"] for c in full}) == [0, 1, 2]
+    assert {c.config["arm"] for c in full} == {SCRATCH, FINETUNE, EQUAL}
+    assert {c.config["seed"] for c in cells if c.config["fraction"] < 1.0} == {0}  # label efficiency: seed 0
+    fine = next(c for c in cells if c.config["arm"] == FINETUNE)
+    assert fine.needs == () and study.source_weights(fine) == SOURCE_MODEL / "weights" / "best.pt"
+    assert study.source_train_images() == 128  # the source run's training patches (equal compute counts them)
+    p = study.profile
+    assert (p.imgsz, p.batch, p.finetune_epochs) == (416, 16, 20)
+
+
 def test_headline_is_fine_tune_minus_scratch_per_seed():
     runs = pd.DataFrame([
         {"arm": SCRATCH, "seed": 0, "fraction": 1.0, "map50": 0.30, "map50_95": 0.10},
@@ -62,9 +91,12 @@ def test_summary_and_epoch_table_are_flat_tables_over_seeds():
         {"arm": SCRATCH, "seed": 0, "fraction": 1.0, "map50": 0.2, "map50_95": 0.1, "duration_s": 2.0, "run_id": "a"},
         {"arm": SCRATCH, "seed": 1, "fraction": 1.0, "map50": 0.4, "map50_95": 0.3, "duration_s": 4.0, "run_id": "b"},
     ])
-    s = summary(runs)
+    s = by_arm(runs)
     assert s["arm"].tolist() == [SCRATCH]  # pretraining is not an arm of the comparison
     assert s.loc[0, ["map50_mean", "map50_min", "map50_max"]].tolist() == pytest.approx([0.3, 0.2, 0.4])
+    assert s.loc[0, "n_seeds"] == 2
+    per_run = summary(runs.assign(split="test"))
+    assert per_run["run_id"].tolist() == ["a", "b"] and (per_run["split"] == "test").all()
     curves = runs.assign(curve=[[{"epoch": 1, "mAP50": 0.1, "mAP50_95": 0.0}, {"epoch": 2, "mAP50": 0.2, "mAP50_95": 0.1}],
                                 [], [{"epoch": 1, "mAP50": 0.3, "mAP50_95": 0.2}]])
     ep = epoch_table(curves)

@@ -1,4 +1,4 @@
-"""``python -m workbench``: convert, split, audit, export, train, predict, evaluate, notebook, demo.
+"""``python -m workbench``: convert, split, audit, export, train, predict, evaluate, notebook, demo, results.
 
 Errors are printed as one clear message (file, object, what is wrong) with exit code 2;
 ``--strict`` runs that find problems exit 1 and list all of them. Nothing is half-written.
@@ -130,6 +130,17 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_results(a: argparse.Namespace) -> int:
+    from workbench.studies.results import publish, run_results
+
+    if a.publish:  # a study that already ran: copy its results folder without running it again
+        print(f"published -> {publish(a.publish, a.only[0] if a.only else a.publish.parent.name.split('__')[0])}")
+        return 0
+    for folder in run_results(profile=a.profile, only=a.only, device=a.device):
+        print(folder)
+    return 0
+
+
 def _command_line() -> str:
     return "python -m workbench " + " ".join(shlex.quote(x) for x in sys.argv[1:])
 
@@ -219,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--profile", default="smoke", choices=["smoke", "full"])
     d.add_argument("--out", type=Path, default=None)
     d.set_defaults(func=cmd_demo)
+
+    r = sub.add_parser("results", help="run the studies' cpu (or full) profiles and publish outputs/results/ (committed)")
+    r.add_argument("--profile", default="cpu", help="the profile every study runs (cpu: 2 CPU cores; full: a GPU)")
+    r.add_argument("--only", nargs="+", default=None, metavar="NOTEBOOK", help="notebook names or numbers (e.g. 03)")
+    r.add_argument("--device", default=None, help="auto (default), cpu, cuda:0, ...")
+    r.add_argument("--publish", type=Path, default=None, metavar="RESULTS_DIR",
+                   help="only publish a study's <out_dir>/results folder that already exists")
+    r.set_defaults(func=cmd_results)
 
     _add_extensions(sub)
     return p

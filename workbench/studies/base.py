@@ -120,6 +120,7 @@ class Study:
     name: ClassVar[str] = ""  # the notebook's name, e.g. "04_model_size"
     profiles: ClassVar[Mapping[str, Profile]] = {}
     default_dataset: ClassVar[str | None] = "bccd"  # None: the study fixes its own data
+    headline_tables: ClassVar[tuple[str, ...]] = ()  # tables shown in the committed results' README
 
     def __init__(self, dataset: str | Path | None = None, *, profile: str | Profile = "smoke",
                  out_dir: str | Path | None = None, work_dir: str | Path | None = None,

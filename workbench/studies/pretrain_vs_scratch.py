@@ -2,7 +2,9 @@
 
 Arms, each trained with every seed of the profile:
 
-* ``pretrain (source)`` – a detector trained on H&E nuclei (MoNuSeg, tiled to patches);
+* ``pretrain (source)`` – a detector trained on H&E nuclei (MoNuSeg, tiled to patches), once per
+  seed; or the committed source model (``data/models/monuseg_yolov8n``, shared by every seed:
+  the captions say so) when the profile names it;
 * ``scratch`` – the same architecture trained on the target set from random weights;
 * ``fine-tune`` – initialised from the pretrained weights (matching layers; the class head
   is new), trained on the target set for the same number of epochs as ``scratch``;
@@ -12,12 +14,17 @@ Arms, each trained with every seed of the profile:
 * label efficiency – ``fine-tune`` and ``scratch`` on nested subsets of the target training
   images (fractions of the profile).
 
-Cells: one pretraining run per seed, then one cell per (arm, seed, fraction); a fine-tune cell
-needs its seed's pretraining cell and finds its weights in that cell's run folder.
+Cells: one pretraining run per seed (none with a committed source model), then one cell per
+(arm, seed, fraction); a fine-tune cell needs its seed's pretraining cell and finds its weights
+in that cell's run folder.
 
-Per-epoch curves are ultralytics' validation metrics of each run; the final numbers are
-recomputed with :mod:`workbench.evaluation.metrics` (equal to pycocotools) from the best weights'
-predictions on the same validation images, so all arms are scored by one matching.
+Splits: the target's val split chooses each run's ``best.pt``; a test split that no training,
+early stopping or checkpoint choice saw is held out of val when the dataset ships none
+(:func:`workbench.data.holdout.with_test_split`, recorded in its ``dataset.json``) and is what
+the tables and the headline report: mAP50 and mAP50-95 with per-image bootstrap intervals and
+per-class AP, recomputed with :mod:`workbench.evaluation.metrics` (equal to pycocotools) from
+the best weights' predictions. The per-epoch curves are ultralytics' *validation* metrics and
+are labelled so.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ SOURCE_OVERLAP = 0.1  # share of a source patch that overlaps its neighbour
 SOURCE_MIN_VISIBILITY = 0.5  # a nucleus cut by a patch edge is kept when this share of its box is inside
 SOURCE_RATIOS = (8, 2)  # train : val split of the source patches, grouped by MoNuSeg tile
 EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
+DATA_SEED = 0  # seed of the held-out test split and the caps: fixed, so model seeds never move test images
 
 
 @dataclass(frozen=True)
@@ -56,18 +64,25 @@ class TransferProfile(Profile):
     full_source: bool = False  # use the fuller ../shared copy of MoNuSeg when present
     equal_compute: bool = True  # also train the equal-compute scratch arm (all target images)
     batch: int | None = None  # training batch (images); None: what fits the device
+    source_model: str | None = None  # a finished source run folder (e.g. data/models/monuseg_yolov8n) to fine-tune
+    #   from, shared by every seed, instead of pretraining per seed; None: pretrain in the study
+    fraction_seeds: tuple[int, ...] | None = None  # seeds of the label-efficiency runs (fractions < 1); None: all seeds
+    test_fraction: float = 0.5  # share of the target's val images held out as test when it ships no test split
+    n_boot: int = 1000  # bootstrap resamples over test images for the intervals (0: none)
 
 
 PROFILES = {
     # CI: proves the whole pipeline on real data in about two minutes on 2 CPU cores
     "smoke": TransferProfile("smoke", imgsz=160, pretrain_epochs=1, finetune_epochs=2, seeds=(0,),
                              fractions=(0.5, 1.0), target_train=16, target_val=8, source_tile=256, batch=8),
-    # a real CPU study (~40 min). Small batches on purpose: with ~50 images a batch of 16
-    # gives ~4 optimiser steps per epoch and ultralytics warms up for at least 100 steps, so
-    # 30 epochs at batch 16 learned nothing (precision and recall 0 throughout); batch 4 gives 4x the steps.
-    # One seed keeps it near 40 min on 2 busy cores; add seeds for a spread (each costs as much again).
-    "modest": TransferProfile("modest", imgsz=256, pretrain_epochs=30, finetune_epochs=30, seeds=(0,),
-                              fractions=(0.25, 1.0), target_train=48, target_val=40, source_tile=256, batch=4),
+    # 2 CPU cores: what is known to learn here (yolov8n, BCCD at 416 px, batch 16, 20 epochs ~ 15 min per run;
+    # smaller sets or batches do not learn platelets). The committed MoNuSeg source model is shared by the
+    # three seeds (pretraining it took 30 epochs, ~12 min on idle cores); equal compute adds its images
+    # seen (30 x 128 patches / ~160 target images = 24 epochs). 3 seeds x (scratch 20 + fine-tune 20 +
+    # equal compute 44 epochs) + label efficiency (10/25/50 %, seed 0, both arms): ~4 h on 2 idle cores.
+    "cpu": TransferProfile("cpu", imgsz=416, finetune_epochs=20, seeds=(0, 1, 2), fractions=(0.1, 0.25, 0.5, 1.0),
+                           batch=16, source_model="data/models/monuseg_yolov8n", pretrain_epochs=30,
+                           source_tile=320, fraction_seeds=(0,)),
     # a GPU: all data, 640 px, three seeds, the full label-efficiency curve
     "full": TransferProfile("full", imgsz=640, pretrain_epochs=100, finetune_epochs=100,
                             source_tile=640, full_source=True),
@@ -104,12 +119,16 @@ def prepare_source(profile: TransferProfile, cache: Path) -> Path:
 def prepare_target(target: str | Path, profile: TransferProfile, cache: Path, *, fmt: str | None = None,
                    seeds: tuple[int, ...] = ()) -> dict[tuple[int, float], Path]:
     """The target set capped by the profile, and nested training subsets per (seed, fraction)."""
-    base = Path(datasets.prepare(target, fmt=fmt))
+    from workbench.data.holdout import with_test_split
+
     name = Path(str(target)).name
+    # val chooses checkpoints; test (held out of val when the dataset ships none) is scored once
+    base = with_test_split(datasets.prepare(target, fmt=fmt), cache / f"{name}_heldout",
+                           fraction=profile.test_fraction, seed=DATA_SEED)
     keep = {k: v for k, v in (("train", profile.target_train), ("val", profile.target_val)) if v != 1.0}
     capped = cache / f"{name}_{profile.name}" if keep else base
     if keep and not (capped / "meta.csv").exists():
-        subset_dataset(base, capped, keep=keep, seed=0, overwrite=True)
+        subset_dataset(base, capped, keep=keep, seed=DATA_SEED, overwrite=True)
     out: dict[tuple[int, float], Path] = {}
     for seed in seeds:
         for frac in profile.fractions:
@@ -134,24 +153,28 @@ class PretrainVsScratchStudy(Study):
 
     name = "03_pretrain_vs_scratch"
     profiles = PROFILES
+    headline_tables = ("by_arm", "headline")
     profile: TransferProfile
 
     def prepare(self) -> None:
         cache = self.work_dir / "data"
         cache.mkdir(parents=True, exist_ok=True)
-        self.source = prepare_source(self.profile, cache)
+        self.source = None if self.profile.source_model else prepare_source(self.profile, cache)
         self.targets = prepare_target(self.dataset, self.profile, cache, fmt=self.fmt, seeds=self.profile.seeds)
 
     def cells(self) -> list[Cell]:
         p, out = self.profile, []
         for seed in p.seeds:
             pre = run_key(PRETRAIN, seed, 1.0)
-            out.append(self.cell(pre, arm=PRETRAIN, seed=seed, fraction=1.0))
+            if p.source_model is None:
+                out.append(self.cell(pre, arm=PRETRAIN, seed=seed, fraction=1.0))
             for frac in p.fractions:
                 frac = min(float(frac), 1.0)
+                if frac < 1.0 and p.fraction_seeds is not None and seed not in p.fraction_seeds:
+                    continue
                 out.append(self.cell(run_key(SCRATCH, seed, frac), arm=SCRATCH, seed=seed, fraction=frac))
-                out.append(self.cell(run_key(FINETUNE, seed, frac), needs=[pre], arm=FINETUNE, seed=seed,
-                                     fraction=frac))
+                out.append(self.cell(run_key(FINETUNE, seed, frac), needs=[] if p.source_model else [pre],
+                                     arm=FINETUNE, seed=seed, fraction=frac))
                 if p.equal_compute and frac >= 1.0:
                     out.append(self.cell(run_key(EQUAL, seed, frac), arm=EQUAL, seed=seed, fraction=frac))
         return out
@@ -168,10 +191,10 @@ class PretrainVsScratchStudy(Study):
         ds = self.source if arm == PRETRAIN else self.targets[(seed, frac)]
         epochs = p.pretrain_epochs if arm == PRETRAIN else p.finetune_epochs
         if arm == EQUAL:
-            epochs = equal_compute_epochs(p, n_train(self.source), n_train(ds))
+            epochs = equal_compute_epochs(p, self.source_train_images(), n_train(ds))
         pretrained = None
         if arm == FINETUNE:
-            pretrained = self.run_dir(cell.needs[0]) / "weights" / "best.pt"
+            pretrained = self.source_weights(cell)
             if not pretrained.is_file():
                 raise FileNotFoundError(f"{cell.key} needs the pretraining cell {cell.needs[0]} first ({pretrained})")
         run_dir = self.train_or_reuse(self.run_dir(cell.key), ds, model=p.model, epochs=epochs, imgsz=p.imgsz,
@@ -184,27 +207,51 @@ class PretrainVsScratchStudy(Study):
         return [{"arm": arm, "seed": seed, "fraction": frac, "run_id": cell.key, "run_dir": str(run_dir),
                  "dataset": str(ds), "train_images": n_train(ds), "epochs": epochs,
                  "duration_s": rec.get("duration_s"), "dataset_sha256": sha,
-                 **self._final_metrics(run_dir, ds), "curve": curve}]
+                 # the source run has no target test split: its own val scores describe it (labelled val)
+                 **self._final_metrics(run_dir, ds, split="val" if arm == PRETRAIN else "test"), "curve": curve}]
 
-    def _final_metrics(self, run_dir: Path, dataset: Path) -> dict[str, float]:
-        """mAP of the run's best weights on the dataset's val split, by workbench.evaluation.metrics."""
+    def source_weights(self, cell: Cell) -> Path:
+        """The weights a fine-tune cell starts from: the committed source model, or its seed's pretraining run."""
+        if self.profile.source_model is not None:
+            from workbench.models.runs import run_weights
+
+            return run_weights(resolve_source(self.profile.source_model))
+        return self.run_dir(cell.needs[0]) / "weights" / "best.pt"
+
+    def source_train_images(self) -> int:
+        """Source training images (patches) the pretraining saw per epoch, for the equal-compute arm."""
+        if self.profile.source_model is not None:
+            from workbench.models.runs import read_run_record
+
+            return int(read_run_record(resolve_source(self.profile.source_model))["dataset"]["images"]["train"])
+        return n_train(self.source)
+
+    def _final_metrics(self, run_dir: Path, dataset: Path, *, split: str = "test") -> dict[str, Any]:
+        """Scores of the run's best weights (chosen on val) on ``split`` (test for every target run), by
+        workbench.evaluation.metrics: mAP50 and mAP50-95 with per-image bootstrap intervals, AP50 per class."""
         from workbench.core.device import pick_device
         from workbench.evaluation.files import evaluate_tables, load_ground_truth
         from workbench.inference.predict import predict
 
-        gt = load_ground_truth(dataset, split="val")
-        pred = predict(run_dir, dataset, split="val", conf=EVAL_CONF, device=pick_device(self.device))
-        doc, _ = evaluate_tables(gt, pred, n_boot=0)
-        return {"map50": doc["map50"], "map50_95": doc["map50_95"]}
+        gt = load_ground_truth(dataset, split=split)
+        pred = predict(run_dir, dataset, split=split, conf=EVAL_CONF, device=pick_device(self.device))
+        doc, _ = evaluate_tables(gt, pred, n_boot=self.profile.n_boot, seed=DATA_SEED)
+        ci = doc.get("ci") or {}
+        out: dict[str, Any] = {"split": split, "test_images": len(gt.images), "map50": doc["map50"],
+                               "map50_95": doc["map50_95"]}
+        for m in ("map50", "map50_95"):
+            out[f"{m}_lo"], out[f"{m}_hi"] = (ci.get(m) or {}).get("lo"), (ci.get(m) or {}).get("hi")
+        for cls, v in (doc.get("per_class") or {}).items():
+            out[f"ap50_{cls}"] = v.get("ap50")
+        return out
 
     def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
         runs = rows.drop(columns=["cell", "curve"], errors="ignore")
-        return {"runs": runs, "epochs": epoch_table(rows), "headline": headline(runs), "summary": summary(runs)}
+        return {"runs": runs, "epochs": epoch_table(rows), "headline": headline(runs), "summary": summary(runs),
+                "by_arm": by_arm(runs)}
 
     def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
-        """mAP50 / mAP50-95 against epoch per arm (full data), and the label-efficiency curve."""
-        import matplotlib.pyplot as plt
-
+        """Val curves per arm (full data), test mAP50 per arm and the label-efficiency curve."""
         from workbench.report.study_plots import metric_curves
 
         figs = {}
@@ -215,29 +262,56 @@ class PretrainVsScratchStudy(Study):
             figs["map50_95_vs_epoch"] = metric_curves(ep, y="mAP50_95", ylabel="mAP50-95",
                                                       title="Target val mAP50-95 (shaded: min-max over seeds)")
         runs = tables["runs"]
+        full = runs[(runs["fraction"] >= 1.0) & (runs["arm"] != PRETRAIN)]
+        if len(full):
+            from workbench.report.study_plots import arm_comparison
+
+            figs["test_map50"] = arm_comparison(full, order=[SCRATCH, EQUAL, FINETUNE],
+                                                title="Test mAP50 per arm (points: seeds; bars: 95 % bootstrap CI)")
         le = runs[runs["arm"].isin([SCRATCH, FINETUNE])]
         if le["fraction"].nunique() > 1:
             figs["label_efficiency"] = metric_curves(le, x="fraction", y="map50",
-                                                     ylabel="mAP50 (workbench.evaluation.metrics)",
+                                                     ylabel="test mAP50 (workbench.evaluation.metrics)",
                                                      title="Label efficiency: share of target training images")
-        for fig in figs.values():
-            plt.close(fig)  # metric_curves draws with pyplot; the Figure objects stay usable
         return figs
 
     def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
         p, runs = self.profile, tables["runs"]
-        return (f"Pretrain (MoNuSeg H&E nuclei) vs scratch on the target set {Path(self.dataset).name}, "
-                f"profile {p.name}, seeds {list(p.seeds)}; final mAP by workbench.evaluation.metrics on the "
-                f"validation images. Equal-compute scratch: {p.finetune_epochs} epochs plus the pretraining's "
-                f"images seen. runs: {', '.join(runs['run_id'])}; dataset fingerprints (sha256, first 12): "
+        what = {"map50_vs_epoch": "Per-epoch mAP50 on the VALIDATION split (ultralytics' own validation, which "
+                                  "also chose best.pt): training curves, not results.",
+                "map50_95_vs_epoch": "Per-epoch mAP50-95 on the VALIDATION split (ultralytics' own validation, "
+                                     "which also chose best.pt): training curves, not results.",
+                "test_map50": "Test-split mAP50 of each arm's best.pt (chosen on val) at full target data; bars are "
+                              "per-image bootstrap 95 % intervals of each run.",
+                "label_efficiency": "Test-split mAP50 against the share of target training images"
+                                    + (f" (seeds {list(p.fraction_seeds)} below 100 %)" if p.fraction_seeds else "")
+                                    + "."}.get(name, "")
+        source = (f"the committed source model {p.source_model} (shared by every seed)" if p.source_model
+                  else "a MoNuSeg pretraining run per seed")
+        test_n = int(runs["test_images"].max()) if "test_images" in runs and len(runs) else 0
+        return (f"{what} Pretrain (MoNuSeg H&E nuclei) vs scratch on {Path(self.dataset).name}: fine-tune starts "
+                f"from {source}. Profile {p.name}: {p.model}, {p.imgsz} px, batch {p.batch or 'auto'}, "
+                f"{p.finetune_epochs} epochs; equal-compute scratch adds the pretraining's images seen; seeds "
+                f"{list(p.seeds)}. Test split: {test_n} images held out of val, seen by no training, early stopping "
+                f"or checkpoint choice; scored by workbench.evaluation.metrics (equal to pycocotools). Runs: "
+                f"{', '.join(runs['run_id'])}; dataset fingerprints (sha256, first 12): "
                 f"{', '.join(sorted(set(runs['dataset_sha256'])))}.")
 
     def settings(self) -> dict[str, Any]:
-        return {"source": str(self.source), "source_train_images": n_train(self.source),
+        return {"source": str(self.profile.source_model or self.source), "source_train_images": self.source_train_images(),
+                "source_shared_across_seeds": self.profile.source_model is not None,
                 "targets": {f"seed{s}_f{f}": str(d) for (s, f), d in self.targets.items()}}
 
 
 # ----------------------------------------------------------------------------- tables
+
+def resolve_source(path: str | Path) -> Path:
+    """A source model folder, relative paths taken from the project root (profiles name data/models/...)."""
+    from workbench.core.paths import PROJECT_ROOT
+
+    p = Path(path)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
 
 def epoch_table(rows: pd.DataFrame) -> pd.DataFrame:
     """One row per run and epoch (ultralytics' validation mAP50, mAP50-95), from the cells' curves."""
@@ -246,12 +320,27 @@ def epoch_table(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out, columns=cols)
 
 
+SUMMARY_COLUMNS = ["arm", "seed", "fraction", "split", "map50", "map50_lo", "map50_hi", "map50_95",
+                   "map50_95_lo", "map50_95_hi"]
+
+
 def summary(runs: pd.DataFrame) -> pd.DataFrame:
-    """Final metrics per arm and fraction (pretraining left out): mean, min, max over seeds."""
+    """One row per trained target run (pretraining left out): the test-split scores with their
+    bootstrap intervals, per-class AP50, sizes and the run id."""
     r = runs[runs["arm"] != PRETRAIN]
-    t = r.groupby(["arm", "fraction"])[["map50", "map50_95", "duration_s"]].agg(["mean", "min", "max"]).round(4)
+    extra = [c for c in r.columns if c.startswith("ap50_")] + [
+        c for c in ("train_images", "test_images", "epochs", "duration_s", "run_id") if c in r.columns]
+    cols = [c for c in SUMMARY_COLUMNS if c in r.columns] + extra
+    return r[cols].sort_values(["fraction", "arm", "seed"]).reset_index(drop=True)
+
+
+def by_arm(runs: pd.DataFrame) -> pd.DataFrame:
+    """Test scores per arm and fraction (pretraining left out): mean, min, max over seeds, and the seeds."""
+    r = runs[runs["arm"] != PRETRAIN]
+    values = ["map50", "map50_95", *[c for c in r.columns if c.startswith("ap50_")], "duration_s"]
+    t = r.groupby(["arm", "fraction"])[[v for v in values if v in r.columns]].agg(["mean", "min", "max"]).round(4)
     t.columns = [f"{metric}_{stat}" for metric, stat in t.columns]
-    return t.reset_index()
+    return t.join(r.groupby(["arm", "fraction"])["seed"].nunique().rename("n_seeds")).reset_index()
 
 
 def headline(runs: pd.DataFrame) -> pd.DataFrame:
@@ -262,4 +351,11 @@ def headline(runs: pd.DataFrame) -> pd.DataFrame:
         out[f"{metric}: fine-tune - scratch"] = r[(metric, FINETUNE)] - r[(metric, SCRATCH)]
         if (metric, EQUAL) in r:
             out[f"{metric}: fine-tune - equal-compute scratch"] = r[(metric, FINETUNE)] - r[(metric, EQUAL)]
-    return out.reset_index()
+    out = out.reset_index()
+    if len(out) > 1:  # the spread over seeds beside the per-seed differences
+        diffs = out.drop(columns="seed")
+        out = pd.concat([out.astype({"seed": object}),
+                         diffs.mean().to_frame().T.assign(seed="mean"),
+                         diffs.min().to_frame().T.assign(seed="min"),
+                         diffs.max().to_frame().T.assign(seed="max")], ignore_index=True)
+    return out

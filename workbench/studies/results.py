@@ -1,0 +1,158 @@
+"""Committed study results: ``python -m workbench results --profile cpu`` (``make results``).
+
+Runs each study notebook's profile with papermill, then *publishes* what it wrote into
+``outputs/results/<notebook>/`` (the one part of ``outputs/`` that is committed): the figures as
+small PNG + PDF with their captions, the CSV tables, ``study.json``, a ``summary.csv`` (the
+study's ``summary`` table, else its first) and a ``README.md`` with the headline tables and the
+provenance (commit, dataset fingerprints, seeds, profile, wall time, device). Never weights.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from workbench.core.atomic import new_folder, write_text
+from workbench.core.paths import PROJECT_ROOT, outputs_dir
+from workbench.core.tables import utc_now
+from workbench.studies.base import STUDY_FILE, study_class
+
+RESULTS_DIR_NAME = "results"
+MAX_TABLE_BYTES = 2_000_000  # larger CSVs (e.g. every predicted box) stay in outputs/notebooks, not in git
+PNG_DPI = 110  # committed PNGs are for reading on GitHub; the PDF keeps the vector figure
+
+
+@dataclass(frozen=True)
+class ResultJob:
+    """One notebook run for the committed results."""
+
+    notebook: str
+    params: dict[str, Any] = field(default_factory=dict)  # notebook parameters besides the profile
+
+
+# The studies whose cpu profile answers its question on 2 CPU cores, in the order they run.
+RESULT_JOBS = (
+    ResultJob("03_pretrain_vs_scratch", {"dataset": "bccd"}),
+    ResultJob("04_model_size", {"dataset": "bccd"}),
+    ResultJob("05_independent_test", {"dataset": "bccd"}),
+    ResultJob("02_style_levels", {"dataset": "bccd"}),
+    ResultJob("08_micronuclei", {}),
+    ResultJob("07_large_images", {}),
+)
+
+
+def results_root() -> Path:
+    """``outputs/results`` (committed)."""
+    return outputs_dir() / RESULTS_DIR_NAME
+
+
+def run_results(*, profile: str = "cpu", only: list[str] | None = None, device: str | None = None,
+                log: Callable[[str], None] = print) -> list[Path]:
+    """Execute each result job's notebook with ``profile`` and publish its results; return the folders."""
+    from workbench.studies.notebooks import run_notebook
+
+    jobs = [j for j in RESULT_JOBS if not only or j.notebook in only or j.notebook[:2] in only]
+    if only and not jobs:
+        raise ValueError(f"no result job matches {only}; known: {[j.notebook for j in RESULT_JOBS]}")
+    done = []
+    for job in jobs:
+        params = {**job.params, "profile": profile, **({"device": device} if device else {})}
+        t0 = time.perf_counter()
+        executed = run_notebook(job.notebook, params)
+        wall = time.perf_counter() - t0
+        done.append(publish(executed.parent / RESULTS_DIR_NAME, job.notebook, wall_s=wall, params=params))
+        log(f"[results] {job.notebook} ({profile}): {wall / 60:.1f} min -> {done[-1]}")
+    return done
+
+
+def publish(study_results: str | Path, notebook: str, *, wall_s: float | None = None,
+            params: dict[str, Any] | None = None, out: str | Path | None = None) -> Path:
+    """Copy one study's written results (``<out_dir>/results``) into ``outputs/results/<notebook>/``,
+    atomically, with ``summary.csv`` and a README of the headline tables and provenance."""
+    src = Path(study_results)
+    doc = json.loads((src / STUDY_FILE).read_text(encoding="utf-8"))
+    out = Path(out) if out is not None else results_root() / notebook
+    cls = study_class(notebook)
+    provenance = _provenance(doc, wall_s=wall_s, params=params)
+    with new_folder(out, overwrite=True) as tmp:
+        tables = {}
+        for name in doc.get("tables", []):
+            path = src / f"{name}.csv"
+            if path.is_file() and path.stat().st_size <= MAX_TABLE_BYTES:
+                shutil.copy2(path, tmp / path.name)
+                tables[name] = pd.read_csv(path)
+        summary = "summary" if "summary" in tables else next(iter(tables), None)
+        if summary is not None and summary != "summary":
+            tables[summary].to_csv(tmp / "summary.csv", index=False)
+        for name in doc.get("figures", []):
+            for suffix in (".pdf", ".caption.txt"):
+                if (src / f"{name}{suffix}").is_file():
+                    shutil.copy2(src / f"{name}{suffix}", tmp / f"{name}{suffix}")
+            if (src / f"{name}.png").is_file():
+                _small_png(src / f"{name}.png", tmp / f"{name}.png")
+        write_text(tmp / "provenance.json", json.dumps(provenance, indent=2, default=str) + "\n")
+        shutil.copy2(src / STUDY_FILE, tmp / STUDY_FILE)
+        write_text(tmp / "README.md", readme(notebook, doc, tables, cls.headline_tables or (summary,), provenance))
+    return out
+
+
+def _small_png(src: Path, dest: Path) -> None:
+    """A PNG at :data:`PNG_DPI` from the study's 300-dpi one (committed figures stay small)."""
+    from PIL import Image
+
+    with Image.open(src) as im:
+        dpi = (im.info.get("dpi") or (300, 300))[0] or 300
+        scale = min(1.0, PNG_DPI / float(dpi))
+        small = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.LANCZOS)
+        small.save(dest, optimize=True)
+
+
+def _provenance(doc: dict[str, Any], *, wall_s: float | None, params: dict[str, Any] | None) -> dict[str, Any]:
+    from workbench.core.device import describe_device, pick_device
+    from workbench.models.runs import git_state
+
+    return {"published": utc_now(), "git": git_state(PROJECT_ROOT), "notebook_params": params or {},
+            "wall_time_s": None if wall_s is None else round(wall_s, 1),
+            "device": describe_device(pick_device(doc.get("device"))),
+            "profile": doc.get("profile"), "dataset": doc.get("dataset"),
+            "fingerprints": {k: v for k, v in doc.items() if "fingerprint" in k}}
+
+
+def markdown_table(df: pd.DataFrame, *, digits: int = 3) -> str:
+    """A GitHub markdown table (floats rounded), without extra dependencies."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if pd.isna(v) else f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|")
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    rows = ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def readme(notebook: str, doc: dict[str, Any], tables: dict[str, pd.DataFrame], headline: tuple[str, ...],
+           provenance: dict[str, Any]) -> str:
+    """The results folder's README: headline tables, figures with captions, provenance."""
+    prof = doc.get("profile") or {}
+    wall = provenance.get("wall_time_s")
+    lines = [f"# {notebook}: `{prof.get('name')}` profile", "",
+             f"Dataset `{doc.get('dataset')}`; wall time {'-' if wall is None else f'{wall / 60:.1f} min'} on "
+             f"{provenance['device'].get('name') or provenance['device'].get('device')} "
+             f"({provenance['device'].get('cpu_count')} CPU cores); commit "
+             f"`{(provenance.get('git') or {}).get('commit', '?')}`"
+             f"{' (uncommitted changes)' if (provenance.get('git') or {}).get('dirty') else ''}. "
+             f"Generated by `python -m workbench results --profile {prof.get('name')} --only {notebook}`.", ""]
+    for name in headline:
+        if name in tables:
+            lines += [f"## {name}", "", markdown_table(tables[name]), ""]
+    for name in doc.get("figures", []):
+        lines += [f"## {name}", "", f"![{name}]({name}.png)", "", (doc.get("captions") or {}).get(name, ""), ""]
+    lines += ["## Provenance", "", "```json", json.dumps({"profile": prof, **provenance}, indent=1, default=str),
+              "```", ""]
+    return "\n".join(lines)
