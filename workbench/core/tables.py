@@ -37,6 +37,11 @@ def empty_predictions() -> pd.DataFrame:
                          "class": pd.Series(dtype=str), "score": pd.Series(dtype=float)})
 
 
+def empty_boxes() -> pd.DataFrame:
+    """One image's box table with no rows (:data:`BOX_COLUMNS`, no ``image`` column)."""
+    return empty_predictions()[BOX_COLUMNS]
+
+
 def require_columns(df: object, name: str, required: Sequence[str]) -> None:
     """Raise ``ValueError`` naming the table and the missing columns unless ``df`` has them all."""
     if not isinstance(df, pd.DataFrame):

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.inference.merging import METHODS, METRICS, merge_table
-from workbench.core.tables import BOX_COLUMNS, PREDICTION_COLUMNS, empty_predictions
+from workbench.core.tables import BOX_COLUMNS, PREDICTION_COLUMNS, empty_boxes, empty_predictions
 from workbench.data.tiling import tile_starts
 
 EDGE_PX = 2.0  # a box this close to an inner tile edge counts as cut by it
@@ -319,12 +319,6 @@ def to_bgr(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., ::-1])
 
 
-def empty_boxes() -> pd.DataFrame:
-    """A box table with no rows (``x1 y1 x2 y2 class score``)."""
-    return pd.DataFrame({"x1": pd.Series(dtype=float), "y1": pd.Series(dtype=float), "x2": pd.Series(dtype=float),
-                         "y2": pd.Series(dtype=float), "class": pd.Series(dtype=str), "score": pd.Series(dtype=float)})
-
-
 def _boxes(results: Sequence[Any], names: Mapping[int, str]) -> pd.DataFrame:
     """ultralytics Results of one call as one table (``item`` = index of the result)."""
     def cat(attr: str, width: int | None = None) -> np.ndarray:
@@ -351,6 +345,6 @@ def predict_large(model: Any, source: Any, *, settings: TileSettings = TileSetti
 
 
 __all__ = ["BOX_COLUMNS", "Detector", "TileSettings", "YoloDetector", "check_box_table", "check_image", "detect_batches",
-           "empty_boxes", "is_empty", "predict_large", "read_images", "sort_table", "tile_windows", "tiled_predict",
+           "is_empty", "predict_large", "read_images", "sort_table", "tile_windows", "tiled_predict",
            "tiled_predict_image", "to_bgr", "touches_inner_edge"]
 

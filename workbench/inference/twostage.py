@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.inference.merging import METHODS, METRICS, merge_table, nms, overlap_pairs, union_boxes
-from workbench.core.tables import BOX_COLUMNS, PREDICTION_COLUMNS, empty_predictions
+from workbench.core.tables import BOX_COLUMNS, PREDICTION_COLUMNS, empty_boxes, empty_predictions
 from workbench.inference.tiled_inference import (
     Detector, TileSettings, detect_batches, sort_table, tile_windows, tiled_predict_image, check_image, touches_inner_edge)
 
@@ -307,13 +307,13 @@ def fine_detect(image: np.ndarray, regions: np.ndarray, detector: Detector, *,
     s = settings
     layout = layout_pieces(regions, canvas=s.canvas, gap=s.gap, overlap=s.tile_overlap)
     if layout.empty:
-        return pd.DataFrame(columns=BOX_COLUMNS), layout
+        return empty_boxes(), layout
     canvases = render_canvases(image, layout, canvas=s.canvas, fill=s.fill)
     raw = detect_batches(detector, canvases, batch=s.batch).rename(columns={"item": "canvas"})
     raw = raw[[*BOX_COLUMNS, "canvas"]]
     boxes = unpack_boxes(raw, layout, min_inside=s.min_inside)
     if boxes.empty:
-        return pd.DataFrame(columns=BOX_COLUMNS), layout
+        return empty_boxes(), layout
     boxes["class"] = boxes["class"].astype(str)
     win = layout.set_index("piece").loc[boxes["piece"].to_numpy(), ["x0", "y0", "x1", "y1"]].to_numpy(dtype=float)
     local = boxes[["x1", "y1", "x2", "y2"]].to_numpy(dtype=float) - np.tile(win[:, :2], 2)
