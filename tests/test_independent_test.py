@@ -50,8 +50,22 @@ def test_rates_wide_puts_systems_side_by_side_with_cis():
 def test_profiles():
     assert it.IndependentTestStudy("bccd", profile="smoke").profile.det_epochs == 1
     assert it.PROFILES["full"].cls_arch == "resnet34"  # the published classifier
+    cpu = it.PROFILES["cpu"]  # what is known to learn on 2 CPU cores
+    assert cpu.det_imgsz >= 416 and cpu.det_batch == 16 and cpu.det_epochs >= 20 and cpu.caps == ()
+    assert cpu.tune and cpu.det_pretrained
     with pytest.raises(ValueError, match="unknown profile"):
         it.IndependentTestStudy("bccd", profile="huge")
+
+
+def test_cpu_profile_fine_tunes_the_detector_from_the_committed_source_model(tmp_path):
+    from workbench.core.paths import SOURCE_MODEL
+
+    det, cls, _ = it.IndependentTestStudy("bccd", profile="cpu", out_dir=tmp_path).cells()
+    weights = SOURCE_MODEL / "weights" / "best.pt"
+    assert det.config["pretrained"] == str(weights) and weights.is_file()
+    assert det.key == "detector_yolov8n_ft_416_e30_s0" and cls.config["detector"].endswith(det.key)
+    smoke_det = it.IndependentTestStudy("bccd", profile="smoke", out_dir=tmp_path).cells()[0]
+    assert smoke_det.config["pretrained"] is None and "_ft_" not in smoke_det.key  # from scratch
 
 
 def test_cells_are_detector_then_classifier_then_evaluation_and_plain_json(tmp_path):
@@ -136,12 +150,13 @@ def test_worst_images_and_gallery_boxes_flag_missed_cells():
 
 
 def test_every_study_names_its_profiles_the_same_way():
-    from workbench.studies import large_images
-    from workbench.studies import micronuclei
+    from workbench.studies import large_images, micronuclei, model_size, style_levels
     from workbench.studies.base import pick
 
+    for profiles in (it.PROFILES, model_size.PROFILES, style_levels.PROFILES):
+        assert set(profiles) == {"smoke", "cpu", "full"}  # cpu replaced modest (issue 14)
     for profiles in (it.PROFILES, large_images.PROFILES, micronuclei.PROFILES):
-        assert {"smoke", "modest", "full"} <= set(profiles)
+        assert {"smoke", "full"} <= set(profiles)
         assert pick("smoke", profiles) is profiles["smoke"] and pick(profiles["full"], profiles) is profiles["full"]
-    with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['full', 'modest', 'smoke'\]"):
-        pick("fast", micronuclei.PROFILES)
+    with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['cpu', 'full', 'smoke'\]"):
+        pick("fast", it.PROFILES)

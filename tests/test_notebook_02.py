@@ -6,8 +6,9 @@ import json
 import pandas as pd
 import pytest
 
-from workbench.studies.notebooks import error_names, run_notebook
-from workbench.studies.style_levels import PROFILES
+from workbench.data import datasets
+from workbench.studies.notebooks import error_names, missing_figures, run_notebook
+from workbench.studies.style_levels import PROFILES, SCORE_GRID
 
 
 @pytest.mark.slow
@@ -32,7 +33,19 @@ def test_style_levels_notebook_smoke(tmp_path):
     assert per_level[per_level["test_level"] == "all"]["test_images"].nunique() == 1
     caption = (out / "heatmap_map50.caption.txt").read_text()
     assert "DERIVED" in caption and "sharpness" in caption and "Fixed test split" in caption
+    assert f"val ({prof.val_images} images) chose each run's best.pt and threshold" in caption
     runs = pd.read_csv(out / "runs.csv")
+    # the clinical rates' threshold is chosen on val, per run; the scores come from the test split only,
+    # the same official-val images in every library (never training images)
+    assert (runs["score_thr_from"] == "val (best F1)").all() and runs["score_thr"].isin(SCORE_GRID).all()
+    bccd = pd.read_csv(datasets.prepare("bccd") / "meta.csv")
+    official_val = set(bccd.loc[bccd["split"] == "val", "image_id"])
+    tests = []
+    for lib in runs["library_dir"]:
+        m = pd.read_csv(f"{lib}/meta.csv")
+        tests.append(set(m.loc[m["split"] == "test", "image_id"]))
+        assert tests[-1] <= official_val and not tests[-1] & set(m.loc[m["split"] != "test", "image_id"])
+    assert all(t == tests[0] for t in tests) and len(tests[0]) == prof.test_images
     assert (runs["epochs"] == prof.epochs).all() and (runs["epochs_rule"] >= 1).all()
     rec = json.loads((tmp_path / "work" / "runs" / runs["run_id"].iloc[0] / "run.json").read_text())
     assert rec["training_length"]["overridden"] is True and rec["training_length"]["epochs"] == prof.epochs
@@ -45,6 +58,7 @@ def test_style_levels_notebook_smoke(tmp_path):
     study = json.loads((out / "study.json").read_text())
     assert study["study"] == "02_style_levels" and study["levels_rule"]["derived"] is True
     assert study["test_images"] == prof.test_images and len(study["cells"]) == len(runs)
+    assert not missing_figures(executed, len(list(out.glob("*.pdf"))))
 
 
 def test_fixed_split_roles_and_result_tables_on_constructed_data():
@@ -79,9 +93,9 @@ def test_cells_one_per_library_and_seed_and_the_seeds_override_travels_with_the_
     from workbench.studies.base import study_class
     from workbench.studies.style_levels import LEVELS, StyleLevelsStudy, run_key
 
-    modest = [c.key for c in StyleLevelsStudy("bccd", profile="modest", out_dir=tmp_path).cells()]
-    assert modest == ["lv_0_s0", "lv_0-1_s0", "lv_0-2_s0", "lv_0_s1", "lv_0-1_s1", "lv_0-2_s1",  # seeds 0, 1
-                      "inc_base_s0", "inc_base_b1_s0", "inc_base_b1_b2_s0"]  # incremental: seed 0 only
+    cpu = [c.key for c in StyleLevelsStudy("bccd", profile="cpu", out_dir=tmp_path).cells()]
+    assert cpu == ["lv_0_s0", "lv_0-2_s0", "lv_0_s1", "lv_0-2_s1", "lv_0_s2", "lv_0-2_s2",  # seeds 0, 1, 2
+                   "inc_base_s0", "inc_base_b1_s0", "inc_base_b1_b2_s0"]  # incremental: seed 0 only
     study = StyleLevelsStudy("bccd", profile="smoke", out_dir=tmp_path, seeds=[3, 4])
     cells = study.cells()
     assert [c.key for c in cells] == ["lv_0_s3", "lv_0-2_s3", "lv_0_s4", "lv_0-2_s4",
@@ -92,3 +106,36 @@ def test_cells_one_per_library_and_seed_and_the_seeds_override_travels_with_the_
     assert [c.to_dict() for c in again.cells()] == [c.to_dict() for c in cells]
     assert json.loads(json.dumps([c.to_dict() for c in cells])) == [c.to_dict() for c in cells]
     assert run_key(LEVELS, "0,2", 1) == "lv_0_2_s1"  # a valid run folder name
+
+
+def test_operating_threshold_is_the_best_f1_on_the_given_split_ties_to_the_higher():
+    from workbench.studies.style_levels import choose_score_thr
+
+    box = {"x1": 0.0, "y1": 0.0, "x2": 10.0, "y2": 10.0}
+    gt = pd.DataFrame([{"image": "a", "class": "RBC", **box}, {"image": "b", "class": "RBC", **box}])
+    junk = {"x1": 50.0, "y1": 50.0, "x2": 60.0, "y2": 60.0}
+    pred = pd.DataFrame([{"image": "a", "class": "RBC", "score": 0.9, **box},
+                         {"image": "b", "class": "RBC", "score": 0.6, **box},
+                         {"image": "a", "class": "RBC", "score": 0.7, **junk},
+                         {"image": "b", "class": "RBC", "score": 0.3, **junk}])
+    # F1: 0.667 up to 0.3 (2 TP, 2 FP), 0.8 from 0.35 to 0.6 (2 TP, 1 FP), 0.5 at 0.65-0.7, 0.667 above
+    thr, f1 = choose_score_thr(gt, pred)
+    assert thr == pytest.approx(0.6) and f1 == pytest.approx(0.8)
+    assert choose_score_thr(gt, pred.iloc[:2])[0] == pytest.approx(0.6)  # all right up to 0.6: the highest wins
+    assert choose_score_thr(gt, pred.iloc[:0])[0] == max(SCORE_GRID)  # no prediction: every threshold ties
+    with pytest.raises(ValueError, match="at least one threshold"):
+        choose_score_thr(gt, pred, grid=())
+
+
+def test_run_length_follows_the_rule_and_raises_short_runs_to_min_iterations():
+    from dataclasses import replace
+
+    from workbench.studies.style_levels import run_length
+
+    cpu = PROFILES["cpu"]
+    short = run_length(69, cpu)  # 5 steps an epoch: the rule's 28 epochs give 140 < 260 steps
+    assert (short.epochs, short.epochs_rule, short.overridden) == (52, 28, True)
+    full = run_length(205, cpu)  # 13 steps x the rule's 32 epochs = 416 >= 260: the rule stands
+    assert (full.epochs, full.overridden) == (32, False)
+    assert run_length(69, replace(cpu, min_iterations=0)).epochs == 28
+    assert run_length(69, PROFILES["smoke"]).epochs == PROFILES["smoke"].epochs  # the override, no floor

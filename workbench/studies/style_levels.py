@@ -1,8 +1,9 @@
 """Style-level study: train on level subsets, test per level; grow a library batch by batch.
 
 Two experiments on one canonical dataset (BCCD by default), both scored on a **fixed
-test split** that never changes (the official validation images, minus a fixed handful
-kept as ultralytics' own validation set for choosing ``best.pt``):
+test split** that never changes: the official validation images minus a fixed handful kept as
+val, which chooses each run's ``best.pt`` and its operating score threshold (best F1 on val, for
+the clinical rates) - so no training, early stopping or threshold choice sees a test image:
 
 * **level subsets** - style levels are derived (:mod:`workbench.data.library.style_levels`; public data has
   no human style labels) on the training pool; for every subset of the profile (e.g. 0,
@@ -22,6 +23,7 @@ writes every library, each cell trains on its own and scores the fixed test spli
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -32,7 +34,8 @@ import pandas as pd
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
 from workbench.data.library.builder import Batch, library_meta, partition, write_library
-from workbench.data.library.composition import Composition, compose, parse_ratios, training_length
+from workbench.data.library.composition import (
+    Composition, TrainingLength, compose, parse_ratios, training_length)
 from workbench.data.library.style_levels import (
     LEVEL, LevelRule, StyleLevels, crowding_groups, crowding_text, derive_levels, level_name, measure)
 from workbench.studies.base import Cell, Profile, Study, register
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 LEVELS, INCREMENTAL = "level subsets", "incremental"
 GROUPS = ("good", "dense", "sparse")  # composition groups, in the lab's 6:2:2 order
 EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
+SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 17))  # operating thresholds tried on val: 0.05 .. 0.8
 
 
 @dataclass(frozen=True)
@@ -82,20 +86,29 @@ class StyleProfile(Profile):
     min_positive: float = 0.2  # least share of positive images in the base library (0.2: one in 5)
     factor: float = 2.0  # rule of thumb: optimiser iterations = factor x training images
     epochs: int | None = None  # override of the rule of thumb (recorded as such); None: the rule
-    score_thr: float = 0.25  # clinical rates count predictions at or above this score (0-1)
+    min_iterations: int = 0  # at least this many optimiser steps per run: shorter runs get more epochs
+    #                          (recorded as an override beside the rule); 0: the rule or `epochs` alone
+    score_thr: float | None = None  # clinical rates count predictions at or above this score (0-1);
+    #                                 None: chosen per run on val (best micro F1 at IoU 0.5), never on test
 
 
 PROFILES = {
     # CI: proves the pipeline on real BCCD in about a minute on 2 CPU cores; numbers mean nothing
     "smoke": StyleProfile("smoke", imgsz=128, batch=4, seeds=(0,), subsets=((0,), (0, 1, 2)), subset_images=8,
                           val_images=4, test_images=12, base_images=8, batch_images=(4,), epochs=1),
-    # a real CPU study (~35 min on 2 busy cores). The rule of thumb gives 8 epochs at batch 4
-    # (= 2 x images optimiser steps), which from scratch stays inside ultralytics' 100-step
-    # warm-up on these library sizes; 25 epochs is the override (recorded beside the rule).
-    # Two seeds for the level-subset heatmap, one for the incremental curve (~40 min in all).
-    "modest": StyleProfile("modest", imgsz=256, batch=4, seeds=(0, 1), incremental_seeds=(0,), subset_images=40,
-                           val_images=16,
-                           base_images=30, batch_images=(30, 30), epochs=25),
+    # 2 CPU cores, estimated ~2.2 h (not yet measured; yolov8n, 416 px, batch 16 takes ~15 min for
+    # 205 images x 20 epochs here, i.e. ~0.22 s per image and epoch). Level subsets: all the images of
+    # the smallest level (BCCD: 69 of the 205 training images) per subset, so level, not size,
+    # differs; 3 seeds. Incremental: base 85 + 60 + 60 = all 205 training images, one seed (the
+    # caption says so). Training length: the rule of thumb (28-32 epochs at batch 16), raised to at
+    # least 260 optimiser steps, what 205 images x 20 epochs gives and is known to learn here: the
+    # rule's ~140-175 steps on 69-85 images are mostly ultralytics' 100-step warm-up, and ~120 steps
+    # on ~50 images learned nothing in notebook 03's first CPU profile. So a level-subset run is 52
+    # epochs (~13 min; 6 runs ~78 min) and the incremental steps 44 / 29 / 32 epochs (~53 min).
+    # The middle subset (0, 1) is left out to stay near 2 h: add it for ~40 min more.
+    "cpu": StyleProfile("cpu", imgsz=416, batch=16, seeds=(0, 1, 2), incremental_seeds=(0,),
+                        subsets=((0,), (0, 1, 2)), subset_images=None, val_images=20, base_images=85,
+                        batch_images=(60, 60), min_iterations=260),
     # a GPU: 640 px, three seeds, larger libraries, the rule of thumb at batch 16 (32 epochs)
     "full": StyleProfile("full", imgsz=640, batch=16, subset_images=None, base_images=60, batch_images=(60, 60)),
 }
@@ -240,9 +253,56 @@ def _train_entries(library: Path) -> int:
     return sum(1 for line in (library / "train.txt").read_text().splitlines() if line.strip())
 
 
-def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: TargetSpec, *,
+def run_length(n_entries: int, prof: StyleProfile) -> TrainingLength:
+    """The run's training length: the rule of thumb (or the profile's epochs), raised to at least
+    ``prof.min_iterations`` optimiser steps (then recorded as an override beside the rule)."""
+    length = training_length(n_entries, batch=prof.batch, factor=prof.factor, epochs=prof.epochs)
+    steps = math.ceil(n_entries / prof.batch)
+    if length.epochs * steps >= prof.min_iterations:
+        return length
+    return training_length(n_entries, batch=prof.batch, factor=prof.factor,
+                           epochs=math.ceil(prof.min_iterations / steps))
+
+
+def choose_score_thr(gt: pd.DataFrame, pred: pd.DataFrame, *, grid: Sequence[float] = SCORE_GRID,
+                     iou_thr: float = 0.5) -> tuple[float, float]:
+    """The operating threshold of ``grid`` with the best class-aware micro F1 (IoU ``iou_thr``) of
+    ``pred`` against ``gt`` (the val split: never test); ties go to the higher threshold.
+    Returns (threshold, its F1)."""
+    from workbench.evaluation import metrics
+
+    if not len(grid):
+        raise ValueError("grid must hold at least one threshold")
+    m = metrics.match(gt, pred, iou_thr=iou_thr, max_dets=metrics.default_max_dets(gt))
+    scored = []
+    for thr in grid:  # matching is greedy by score, so cutting afterwards equals matching the kept boxes
+        prf = metrics.prf_from_matches(m, score_thr=thr)
+        overall = prf.loc[prf["class"] == metrics.OVERALL, "f1"]
+        scored.append((float(overall.iloc[0]) if len(overall) else float("nan"), float(thr)))
+    f1, thr = max(scored, key=lambda r: (r[0] if np.isfinite(r[0]) else -np.inf, r[1]))
+    return thr, f1
+
+
+def operating_threshold(run_dir: Path, library: Path, prof: StyleProfile, *,
+                        device: str | None = None) -> dict[str, Any]:
+    """The score threshold of the clinical rates: the profile's fixed value, or chosen on the
+    library's val split (:func:`choose_score_thr`). Returns ``score_thr``, ``score_thr_from``, ``val_f1``."""
+    if prof.score_thr is not None:
+        return {"score_thr": float(prof.score_thr), "score_thr_from": "fixed (profile)", "val_f1": None}
+    from workbench.core.device import pick_device
+    from workbench.evaluation.files import load_ground_truth
+    from workbench.inference.predict import predict
+
+    gt = load_ground_truth(library, split="val")
+    pred = predict(run_dir, library, split="val", conf=EVAL_CONF, device=pick_device(device))
+    thr, f1 = choose_score_thr(gt.boxes, pred)
+    return {"score_thr": thr, "score_thr_from": "val (best F1)", "val_f1": f1}
+
+
+def score_per_level(run_dir: Path, library: Path, spec: TargetSpec, *, score_thr: float,
                     device: str | None = None) -> pd.DataFrame:
-    """mAP50 / mAP50-95 (workbench.evaluation.metrics) and clinical rates on the test split, per style level and 'all'."""
+    """mAP50 / mAP50-95 (workbench.evaluation.metrics) and clinical rates at ``score_thr`` (chosen
+    on val) on the test split, per style level and 'all'."""
     from workbench.core.device import pick_device
     from workbench.evaluation.clinical import clinical_rates
     from workbench.evaluation.files import evaluate_tables, load_ground_truth
@@ -253,7 +313,7 @@ def score_per_level(run_dir: Path, library: Path, prof: StyleProfile, spec: Targ
     meta = gt.meta.reset_index()
     meta[LEVEL] = meta[LEVEL].astype(int).astype(str)
     rates = clinical_rates(gt.boxes, pred, positive=[c for c in spec.positive if c in gt.classes], group_by=LEVEL,
-                           meta=meta, n_boot=0, score_thr=prof.score_thr)
+                           meta=meta, n_boot=0, score_thr=score_thr)
     rows = []
     for level in ["all"] + sorted(meta[LEVEL].unique(), key=int):
         ids = meta["image_id"] if level == "all" else meta.loc[meta[LEVEL] == level, "image_id"]
@@ -280,6 +340,7 @@ class StyleLevelsStudy(Study):
 
     name = "02_style_levels"
     profiles = PROFILES
+    headline_tables = ("heatmap_map50", "incremental")
     profile: StyleProfile
 
     def __init__(self, dataset: str | Path | None = None, *, seeds: Sequence[int] | None = None, **kwargs: Any) -> None:
@@ -328,13 +389,14 @@ class StyleLevelsStudy(Study):
         return out
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
-        """Train on the cell's library (epochs from the rule of thumb or the override; the training
-        length and the study's record go into ``run.json``), then score per test level."""
+        """Train on the cell's library (epochs from :func:`run_length`; the training length and the
+        study's record go into ``run.json``), choose the operating threshold on val, then score the
+        test split per level."""
         from workbench.models.runs import record_training_length, update_run_record
 
         p, c = self.profile, dict(cell.config)
         library, seed = self.libraries[cell.key], int(c["seed"])
-        length = training_length(_train_entries(library), batch=p.batch, factor=p.factor, epochs=p.epochs)
+        length = run_length(_train_entries(library), p)
         run_dir = self.train_or_reuse(self.work_dir / "runs" / cell.key, library, model=p.model,
                                       epochs=length.epochs, imgsz=p.imgsz, batch=p.batch, seed=seed)
         record_training_length(run_dir, length)
@@ -342,8 +404,9 @@ class StyleLevelsStudy(Study):
         rec = update_run_record(run_dir, style_study={"experiment": c["experiment"], "key": c["library"], "seed": seed,
                                                       "profile": p.name, **extra,
                                                       "levels_rule": self.data.levels.rule.to_dict()})
-        scores = score_per_level(run_dir, library, p, self.spec, device=self.device)
-        return [{"experiment": c["experiment"], "key": c["library"], "seed": seed, "run_id": cell.key,
+        thr = operating_threshold(run_dir, library, p, device=self.device)
+        scores = score_per_level(run_dir, library, self.spec, score_thr=thr["score_thr"], device=self.device)
+        return [{"experiment": c["experiment"], "key": c["library"], "seed": seed, "run_id": cell.key, **thr,
                  "train_images": int((read_meta(library)["split"] == "train").sum()),
                  "train_list_entries": _train_entries(library), **extra,
                  "epochs": length.epochs, "epochs_rule": length.epochs_rule, "iterations_rule": length.iterations,
@@ -362,8 +425,6 @@ class StyleLevelsStudy(Study):
                 "incremental": incremental(per_level), "composition": self.composition.report}
 
     def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
-        import matplotlib.pyplot as plt
-
         from workbench.report.study_plots import metric_curves
 
         per_level = tables["per_level"]
@@ -377,20 +438,26 @@ class StyleLevelsStudy(Study):
         for rate in ("detection_rate", "fn_rate"):
             figs[f"heatmap_{rate}"] = heatmap_figure(labelled(heatmap(per_level, rate)),
                                                      title=f"{rate} by train subset and test level")
-        inc = tables["incremental"].assign(curve="mAP50 (fixed test split)")
-        figs["incremental_map50"] = metric_curves(inc, x="train_images", y="map50", hue="curve", ylabel="mAP50",
+        inc = tables["incremental"].assign(curve="mAP50 (fixed TEST split)")
+        figs["incremental_map50"] = metric_curves(inc, x="train_images", y="map50", hue="curve",
+                                                  ylabel="test mAP50",
                                                   title="Incremental additions: base -> +batch 1 -> ...")
-        plt.close(figs["incremental_map50"])  # metric_curves draws with pyplot; the Figure stays usable
         return figs
 
     def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
         """What is shown, how levels were derived, the fixed test split, profile, seeds and runs."""
-        p, i = self.profile, self.settings()
+        p, i, runs = self.profile, self.settings(), tables["runs"]
+        thr = (f"fixed at score >= {p.score_thr:g}" if p.score_thr is not None else
+               f"at each run's score threshold chosen on val by best F1 ({_span(runs['score_thr'])})")
+        few = " - under 3 seeds, so no seed spread is measured" if len(p.seeds) < 3 else ""
+        one_seed = ", one seed to fit this profile's budget" if len(self.incremental_seeds) == 1 else ""
         return (f"{CAPTIONS[name]} Dataset {Path(i['data']).name}; {i['levels_rule']['description']}; "
                 f"{i['groups_text']}. Fixed test split of {i['test_images']} images (never changes as the library "
-                f"grows); profile {p.name}, seeds {list(p.seeds)} (incremental: {list(self.incremental_seeds)}), "
-                f"clinical rates at score >= {p.score_thr:g} with positive classes {i['positive_classes']}. "
-                f"runs: {', '.join(tables['runs']['run_id'])}.")
+                f"grows), scored once: no training, early stopping or threshold choice saw it; val "
+                f"({i['val_images']} images) chose each run's best.pt and threshold. Profile {p.name}: {p.model}, "
+                f"{p.imgsz} px, batch {p.batch}, epochs {_span(runs['epochs'])}; seeds {list(p.seeds)}{few} "
+                f"(incremental: {list(self.incremental_seeds)}{one_seed}); clinical rates {thr}, positive "
+                f"classes {i['positive_classes']}. Runs: {', '.join(runs['run_id'])}.")
 
     def settings(self) -> dict[str, Any]:
         data = self.data
@@ -405,12 +472,19 @@ class StyleLevelsStudy(Study):
 # ----------------------------------------------------------------------------- tables and figures
 
 CAPTIONS = {
-    "heatmap_map50": "mAP50 (workbench.evaluation.metrics) of detectors trained on style-level subsets (equal "
-                     "training size), scored on each test level; mean over seeds.",
-    "heatmap_detection_rate": "Detection rate by train subset and test level; mean over seeds.",
-    "heatmap_fn_rate": "False-negative rate of positive cells by train subset and test level; mean over seeds.",
-    "incremental_map50": "mAP50 vs library size: base library (composed by ratio) plus extension batches.",
+    "heatmap_map50": "Test-split mAP50 (workbench.evaluation.metrics) of detectors trained on style-level subsets "
+                     "(equal training size), scored on each level of the test split; mean over seeds.",
+    "heatmap_detection_rate": "Test-split detection rate by train subset and test level; mean over seeds.",
+    "heatmap_fn_rate": "Test-split false-negative rate of positive cells by train subset and test level; mean over "
+                       "seeds.",
+    "incremental_map50": "Test-split mAP50 vs library size: base library (composed by ratio) plus extension batches.",
 }
+
+
+def _span(values: pd.Series) -> str:
+    """``a`` or ``a-b``: the range of a column, for captions."""
+    lo, hi = values.min(), values.max()
+    return f"{lo:g}" if lo == hi else f"{lo:g}-{hi:g}"
 
 
 def heatmap(per_level: pd.DataFrame, value: str = "map50") -> pd.DataFrame:
