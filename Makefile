@@ -11,10 +11,14 @@ KERNEL := workbench
 XVFB := $(shell command -v xvfb-run 2>/dev/null)
 DATASET ?= bccd
 PROFILE ?= smoke
+# make demo: demo (the audits + one real model end to end, ~15 min on 2 CPU cores), smoke (every notebook, CI-sized) or full (GPU)
+DEMO_PROFILE ?= demo
 RUN ?=
 GT ?= data/generated/bccd
 SPLIT ?= val
 OUT ?=
+# make demo ONLY="01 04": only these notebooks (numbers, names or demo job slugs)
+ONLY ?=
 # make lab: the port JupyterLab tries first, and the address it listens on (0.0.0.0 in a container)
 LAB_PORT ?= 8888
 LAB_IP ?= localhost
@@ -23,7 +27,7 @@ ALLOW_ROOT := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
 
 .PHONY: demo test lab audit inspect env results clean-outputs help
 help:
-	@echo "make demo [PROFILE=full] [OUT=dir] | make test | make lab [LAB_PORT=8888] [LAB_IP=0.0.0.0] | make audit DATASET=bccd|monuseg|mnfinder | make inspect RUN=... | make env"
+	@echo "make demo [DEMO_PROFILE=smoke|full] [ONLY=nb,...] [OUT=dir] | make test | make lab [LAB_PORT=8888] [LAB_IP=0.0.0.0] | make audit DATASET=bccd|monuseg|mnfinder | make inspect RUN=... | make env"
 
 env: $(STAMP)
 
@@ -39,7 +43,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m workbench demo --profile $(PROFILE) $(if $(OUT),--out $(OUT))
+	WORKBENCH_DEMO_ONLY="$(ONLY)" $(PY) -m workbench demo --profile $(DEMO_PROFILE) $(if $(OUT),--out $(OUT))
 
 test: $(STAMP)
 ifneq ($(XVFB),)

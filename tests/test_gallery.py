@@ -97,3 +97,15 @@ def test_notebook_06_builds_the_queue_and_gallery_without_a_window(tmp_path):
     widget = [o for c in nb.cells for o in c.get("outputs", [])
               if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widget  # the gallery widget was displayed
+    # its state is saved with the notebook (JupyterLab shows it on reopening) and the offline HTML
+    # shows it as a static page: the rendered image embedded, no script from a CDN
+    from workbench.studies.notebook_html import external_resources, notebook_html
+    from workbench.studies.notebooks import text_figure_reprs
+
+    state = nb.metadata["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    assert widget[0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"] in state
+    assert any(m["model_name"] == "ImageModel" and m.get("buffers") for m in state.values())
+    page = notebook_html(executed)
+    assert not external_resources(page)
+    assert page.count("src=\"data:image/png;base64,") >= 1 and "Widgets as saved" in page
+    assert not text_figure_reprs(executed)

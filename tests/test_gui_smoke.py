@@ -21,7 +21,7 @@ pytestmark = [
 
 @pytest.fixture
 def viewer():
-    # opencv-python points Qt at its own plugins; napari's PyQt5 must use its own (xcb) instead.
+    # opencv-python points Qt at its own plugins; napari's Qt must use its own (xcb) instead.
     os.environ.pop("QT_QPA_PLATFORM_PLUGIN_PATH", None)
     napari = pytest.importorskip("napari")
     v = napari.Viewer(show=True)

@@ -154,9 +154,10 @@ def test_every_study_names_its_profiles_the_same_way():
     from workbench.studies.base import pick
 
     for profiles in (it.PROFILES, model_size.PROFILES, style_levels.PROFILES):
-        assert set(profiles) == {"smoke", "cpu", "full"}  # cpu replaced modest (issue 14)
+        assert {"smoke", "cpu", "full"} <= set(profiles) and "modest" not in profiles  # cpu replaced modest
+    assert set(it.PROFILES) == {"smoke", "cpu", "demo", "full"}  # demo: make demo's short real model
     for profiles in (it.PROFILES, large_images.PROFILES, micronuclei.PROFILES):
         assert {"smoke", "full"} <= set(profiles)
         assert pick("smoke", profiles) is profiles["smoke"] and pick(profiles["full"], profiles) is profiles["full"]
-    with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['cpu', 'full', 'smoke'\]"):
+    with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['cpu', 'demo', 'full', 'smoke'\]"):
         pick("fast", it.PROFILES)

@@ -17,7 +17,8 @@ from workbench.inspection.hardcases import DISPLAY_COLOURS
 from workbench.core.images import read_image
 from workbench.data.importers import read_raw
 from workbench.inspection.viewer import (
-    EDITED_COLOUR, boxes_to_rectangles, layer_boxes, open_image, rectangles_to_boxes, screenshot)
+    EDITED_COLOUR, boxes_to_rectangles, image_background, layer_boxes, open_image, readable_on, rectangles_to_boxes,
+    screenshot)
 from workbench.inspection.viewer import Inspector
 
 pytestmark = [
@@ -219,5 +220,9 @@ def test_cli_inspect_writes_a_screenshot_with_boxes_and_text(tmp_path, capsys):
     assert "2 images, 2 with errors" in capsys.readouterr().out
     shot = read_image(tmp_path / "shot.png")[0][..., :3].astype(int)
     assert shot.shape[0] > 500  # the whole window: canvas and dock
-    for role in ("fn", "gt_tp", "tp"):
+    for role in ("fn", "gt_tp"):  # box outlines
         assert (np.abs(shot - np.array(DISPLAY_COLOURS[role])).sum(-1) < 40).sum() > 200, role
+    # predicted TP boxes lie under the GT boxes here: their text shows, darkened to read on the smear
+    background = image_background(read_image(ds / "images" / "BloodImage_00000.jpg")[0])
+    text = np.array(readable_on(DISPLAY_COLOURS["tp"], background))
+    assert (np.abs(shot - text).sum(-1) < 40).sum() > 200

@@ -14,6 +14,10 @@ donor, ``split``). Every image of this table gets a row in per-image tables, wit
 when it has no boxes, so pass only the images that were annotated or predicted (for ground
 truth: ``ds.images[ds.images.labelled]``). Without it, the images are those of ``boxes``.
 
+Class names (``positive``, ``normal``) are checked for typos: give ``known_classes`` (the
+dataset's class names) and only a name outside them is warned about; without it, a name that
+occurs in no box is (a class merely absent from a model's predictions is no typo).
+
 Outputs always call the image ``image`` and identify a box by ``cell``: its 0-based row
 position in the ``boxes`` table given, so ``boxes.iloc[cell]`` finds it again.
 
@@ -157,17 +161,26 @@ def _image_table(images: pd.DataFrame | None, c: pd.DataFrame, groups: list[str]
     return table
 
 
-def _warn_absent(c: pd.DataFrame, role: str, names: Iterable[str]) -> None:
-    """A class that never occurs is legitimate in a subset but usually a typo: say so, go on."""
+def _warn_absent(c: pd.DataFrame, role: str, names: Iterable[str],
+                 known: Sequence[str] | None = None) -> None:
+    """Say which names may be typos, and go on. With ``known`` (the dataset's class names) only a
+    name outside it is one: a known class merely absent from these boxes (no platelet predicted,
+    a subset without it) is legitimate. Without it, a name absent from the boxes is suspect."""
+    if known is not None:
+        unknown = [n for n in names if n not in set(known)]
+        if unknown:
+            warnings.warn(f"{role} class(es) {unknown} are not classes of the dataset ({sorted(known)}); "
+                          "check the spelling", stacklevel=3)
+        return
     seen = set(c["class"])
     absent = [n for n in names if n not in seen]
     if absent and len(c):
         warnings.warn(f"{role} class(es) {absent} do not occur in the boxes (classes: {sorted(seen)}); "
-                      "check the spelling", stacklevel=3)
+                      "check the spelling, or pass known_classes= (the dataset's classes)", stacklevel=3)
 
 
-def _check_classes(c: pd.DataFrame, **named: list[str]) -> None:
-    """Class lists must be non-empty and disjoint; names that never occur give a warning."""
+def _check_classes(c: pd.DataFrame, known: Sequence[str] | None = None, **named: list[str]) -> None:
+    """Class lists must be non-empty and disjoint; possible typos give a warning (:func:`_warn_absent`)."""
     problems = []
     for role, names in named.items():
         if not names:
@@ -181,7 +194,7 @@ def _check_classes(c: pd.DataFrame, **named: list[str]) -> None:
     if problems:
         raise ValueError("; ".join(problems))
     for role, names in named.items():
-        _warn_absent(c, role, names)
+        _warn_absent(c, role, names, known)
 
 
 # ----------------------------------------------------------------------------- counts
@@ -211,7 +224,8 @@ def per_image_counts(boxes: pd.DataFrame, images: pd.DataFrame | None = None, *,
 
 def positive_ratio(boxes: pd.DataFrame, images: pd.DataFrame | None = None, *,
                    positive: str | Sequence[str], normal: str | Sequence[str],
-                   class_col: str | None = None, groups: str | Sequence[str] = ()) -> pd.DataFrame:
+                   class_col: str | None = None, groups: str | Sequence[str] = (),
+                   known_classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Per image: ``n_positive``, ``n_normal``, ``ratio`` and ``positive_fraction``.
 
     ``ratio = n_positive / n_normal`` follows IEEE division: ``inf`` when an image has
@@ -221,7 +235,7 @@ def positive_ratio(boxes: pd.DataFrame, images: pd.DataFrame | None = None, *,
     """
     positive, normal = _names(positive), _names(normal)
     c = cells(boxes, class_col=class_col)
-    _check_classes(c, positive=positive, normal=normal)
+    _check_classes(c, known_classes, positive=positive, normal=normal)
     counts = per_image_counts(boxes, images, classes=sorted(set(positive + normal)),
                               class_col=class_col, groups=groups)
     groups = _names(groups)
@@ -238,7 +252,8 @@ def positive_ratio(boxes: pd.DataFrame, images: pd.DataFrame | None = None, *,
 # ----------------------------------------------------------------------------- sizes
 
 def cell_sizes(boxes: pd.DataFrame, images: pd.DataFrame, *, normal: str | Sequence[str],
-               class_col: str | None = None, groups: str | Sequence[str] = ()) -> pd.DataFrame:
+               class_col: str | None = None, groups: str | Sequence[str] = (),
+               known_classes: Sequence[str] | None = None) -> pd.DataFrame:
     """One row per box: its area in pixels, as a fraction of the image, and relative to normals.
 
     ``area_fraction = w*h / (width*height)`` of its image. ``rel_normal_area = w*h /`` the
@@ -248,7 +263,7 @@ def cell_sizes(boxes: pd.DataFrame, images: pd.DataFrame, *, normal: str | Seque
     """
     normal = _names(normal)
     c = cells(boxes, class_col=class_col)
-    _check_classes(c, normal=normal)
+    _check_classes(c, known_classes, normal=normal)
     groups = _names(groups)
     table = _image_table(images, c, groups, need_size=True)
     is_ref = c["class"].isin(normal) & (c["area"] > 0)
@@ -278,7 +293,8 @@ def neighbourhood_counts(boxes: pd.DataFrame, images: pd.DataFrame | None = None
                          positive: str | Sequence[str], normal: str | Sequence[str],
                          ks: Sequence[float] = DEFAULT_KS, radius: str = "area",
                          scope: str = "image", class_col: str | None = None,
-                         groups: str | Sequence[str] = ()) -> pd.DataFrame:
+                         groups: str | Sequence[str] = (),
+                         known_classes: Sequence[str] | None = None) -> pd.DataFrame:
     """Normal cells around each positive cell within ``k`` mean positive-cell radii.
 
     For a positive cell p in image I and each k in ``ks``::
@@ -306,7 +322,7 @@ def neighbourhood_counts(boxes: pd.DataFrame, images: pd.DataFrame | None = None
     if scope not in ("image", "dataset"):
         raise ValueError(f"scope must be 'image' or 'dataset', got {scope!r}")
     c = cells(boxes, class_col=class_col)
-    _check_classes(c, positive=positive, normal=normal)
+    _check_classes(c, known_classes, positive=positive, normal=normal)
     groups = _names(groups)
     table = _image_table(images, c, groups)
     c = c.assign(r=_radius(c, radius))

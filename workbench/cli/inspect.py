@@ -5,13 +5,18 @@
 ``RUN_OR_PRED`` is a run folder (its detector predicts ``--split`` of ``--gt``, the table is
 saved under ``outputs/inspect/`` for reuse with ``--pred``) or a prediction table
 (CSV/parquet, or a COCO results JSON). ``--screenshot PNG`` renders one image and exits.
-Needs a display (napari cannot render offscreen): without one it stops with what to do.
+Needs a display (napari cannot render offscreen): without one it predicts and ranks the
+images, then stops with what to do.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pandas only for the annotation: the CLI prints its help without importing it
+    import pandas as pd
 
 
 def _predictions(a: argparse.Namespace) -> Path:
@@ -25,30 +30,38 @@ def _predictions(a: argparse.Namespace) -> Path:
         raise FileNotFoundError(f"{src}: neither a prediction table nor a run folder (no run.json)")
     from workbench.core.paths import outputs_dir
     from workbench.core.tables import write_predictions
-    from workbench.inference.predict import predict
+    from workbench.inference.predict import image_items, predict
 
     table = predict(src, a.gt, split=a.split, conf=a.conf, device=a.device)
     out = outputs_dir() / "inspect" / f"{src.resolve().name}__{a.gt.resolve().name}_{a.split or 'all'}.csv"
     write_predictions(table, out)
-    print(f"predicted {len(table)} boxes on {table['image'].nunique()} images -> {out} (reuse with --pred)")
+    print(prediction_line(table, len(image_items(a.gt, split=a.split)), conf=a.conf, out=out))
     return out
 
 
+def prediction_line(table: pd.DataFrame, n_images: int, *, conf: float, out: Path) -> str:
+    """What was predicted: boxes, images predicted (an image without a box has no row in
+    ``table``), images with boxes, the score threshold and where the table went."""
+    with_boxes = table["image"].nunique()
+    return (f"predicted {len(table)} boxes (score >= {conf:g}) on {n_images} images, {with_boxes} of them "
+            f"with boxes -> {out} (reuse with --pred)")
+
+
 def _inspect(a: argparse.Namespace) -> int:
+    from workbench.inspection.hardcases import load_queue
     from workbench.inspection.viewer import NoDisplayError, require_display
 
-    try:
-        require_display()
-    except NoDisplayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    from workbench.inspection.hardcases import load_queue
-
+    # predict and queue first (no display needed): the table is saved for --pred either way
     pred = _predictions(a)
     queue = load_queue(a.gt, pred, split=a.split, version=a.version, iou_thr=a.iou_thr, score_thr=a.score_thr)
     errors = int((queue.summary["errors"] > 0).sum())
     print(f"{len(queue)} images, {errors} with errors; labels {queue.source.get('version')}; "
           f"hardest: {', '.join(queue.images[:3])}")
+    try:
+        require_display()
+    except NoDisplayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     from workbench.inspection import viewer
 
     start = a.image if a.image is not None else 0

@@ -227,7 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.set_defaults(func=cmd_notebook)
 
     d = sub.add_parser("demo", help="run the studies on the vendored data and write an index page")
-    d.add_argument("--profile", default="smoke", choices=["smoke", "full"])
+    d.add_argument("--profile", default="demo", choices=["demo", "smoke", "full"],
+                   help="demo (default): the audits and one real model end to end, ~15 min on 2 CPU cores; "
+                        "smoke: every study notebook for an epoch or two (proves the pipeline); full: a GPU")
     d.add_argument("--out", type=Path, default=None)
     d.set_defaults(func=cmd_demo)
 

@@ -44,6 +44,7 @@ import pandas as pd
 from workbench.core.atomic import new_folder, write_text
 from workbench.core.paths import outputs_dir
 from workbench.core.tables import utc_now
+import workbench.report  # noqa: F401  (study figures display inline in a kernel, whoever built them)
 
 P = TypeVar("P")
 Log = Callable[[str], None]

@@ -50,10 +50,45 @@ def run_notebook(name: str, params: dict[str, Any] | None = None, *, out_dir: Pa
     return executed
 
 
-def error_names(executed: str | Path) -> list[str]:
-    """Names of the exceptions raised in an executed notebook's cells (empty when it ran cleanly)."""
+def _outputs(executed: str | Path) -> list[tuple[int, dict]]:
+    """``(code cell index, output)`` for every output of an executed notebook, in order."""
     import nbformat
 
     nb = nbformat.read(str(executed), as_version=4)
-    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code"
-            for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return [(k, o) for k, c in enumerate(nb.cells) if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def error_names(executed: str | Path) -> list[str]:
+    """Names of the exceptions raised in an executed notebook's cells (empty when it ran cleanly)."""
+    return [o.get("ename", "") for _, o in _outputs(executed) if o.get("output_type") == "error"]
+
+
+# what IPython prints for a Figure it has no image formatter for: "<Figure size 660x400 with 1 Axes>"
+_FIGURE_TEXT = re.compile(r"<(?:matplotlib\.figure\.)?Figure size [^>]*>")
+
+
+def figure_outputs(executed: str | Path) -> list[int]:
+    """Indices of the cells of an executed notebook, one entry per ``image/png`` output (a figure
+    shown inline: ``display(fig)``, a returned Figure, or an image)."""
+    return [k for k, o in _outputs(executed) if "image/png" in o.get("data", {})]
+
+
+def text_figure_reprs(executed: str | Path) -> list[str]:
+    """Figures shown only as text (``<Figure size ... with 1 Axes>``) instead of a picture, each as
+    ``"cell K: <Figure ...>"``; empty when every figure rendered."""
+    found = []
+    for k, o in _outputs(executed):
+        data = o.get("data", {})  # nbformat.read joins multi-line strings
+        text = (data.get("text/plain", "") if "image/png" not in data else "") + o.get("text", "")
+        found += [f"cell {k}: {m}" for m in _FIGURE_TEXT.findall(text)]
+    return found
+
+
+def missing_figures(executed: str | Path, figures: int) -> list[str]:
+    """Why an executed notebook does not show ``figures`` figures as pictures: each figure printed
+    as text, and a shortfall of ``image/png`` outputs; empty when every figure rendered."""
+    problems = text_figure_reprs(executed)
+    shown = len(figure_outputs(executed))
+    if shown < figures:
+        problems.append(f"{shown} image/png outputs for {figures} figures")
+    return problems

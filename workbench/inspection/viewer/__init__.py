@@ -9,10 +9,12 @@ from workbench.inspection.hardcases import read_display_image
 from workbench.inspection.viewer.inspector import (
     Inspector, NoDisplayError, has_display, import_napari, open_image, open_queue, require_display, screenshot)
 from workbench.inspection.viewer.layers import (
-    EDITED_COLOUR, box_layer_style, boxes_to_rectangles, contrast_limits, edge_width_for, image_layer_kwargs,
-    layer_boxes, new_box_layer, rectangles_to_boxes, update_box_layer)
+    EDITED_COLOUR, box_layer_style, boxes_to_rectangles, contrast_limits, contrast_ratio, edge_width_for,
+    image_background, image_layer_kwargs, layer_boxes, new_box_layer, readable_on, rectangles_to_boxes,
+    update_box_layer)
 
 __all__ = ["EDITED_COLOUR", "Inspector", "NoDisplayError", "box_layer_style", "boxes_to_rectangles",
-           "contrast_limits", "edge_width_for", "has_display", "image_layer_kwargs", "import_napari",
-           "layer_boxes", "new_box_layer", "open_image", "open_queue", "read_display_image",
-           "rectangles_to_boxes", "require_display", "screenshot", "update_box_layer"]
+           "contrast_limits", "contrast_ratio", "edge_width_for", "has_display", "image_background",
+           "image_layer_kwargs", "import_napari", "layer_boxes", "new_box_layer", "open_image", "open_queue",
+           "read_display_image", "readable_on", "rectangles_to_boxes", "require_display", "screenshot",
+           "update_box_layer"]

@@ -10,6 +10,10 @@ dock lists the image's metrics, a legend, a class chooser (new boxes and "relabe
 selected"), "accept selected predictions" (copies predicted boxes into the labels) and
 "save version". Edits made on an image are kept while browsing and written together by
 :meth:`Inspector.save` as a new label version (:mod:`workbench.inspection.corrections`).
+
+Fit. Each image opens fitted to the canvas; the canvas gets its size only once the window is
+shown, so the view is fitted again whenever the canvas size changes while the camera is still
+where the last fit put it (a view the user zoomed or panned is left alone).
 """
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ import pandas as pd
 from workbench.inspection.hardcases import (
     DISPLAY_COLOURS, DISPLAY_LABELS, HardCaseQueue, build_queue, case_pixels, requeue, step)
 from workbench.inspection.viewer.layers import (
-    BOX, EDITED_COLOUR, edge_width_for, hex_colour, image_layer_kwargs, layer_boxes, new_box_layer, rgba,
-    update_box_layer)
+    BOX, EDITED_COLOUR, edge_width_for, hex_colour, image_background, image_layer_kwargs, layer_boxes, new_box_layer,
+    readable_on, rgba, update_box_layer)
 
 __all__ = ["Inspector", "NoDisplayError", "has_display", "import_napari", "open_image", "open_queue",
            "require_display", "screenshot"]
@@ -107,7 +111,10 @@ class Inspector:
         self.current_class = queue.classes[0] if queue.classes else ""
         self.image_layer = self.gt_layer = self.pred_layer = None
         self._image_layers: dict[bool, Any] = {}
+        self._fitted: tuple[np.ndarray, float] | None = None  # camera centre and zoom of the last fit
+        self._background: tuple[int, int, int] | None = None  # the shown image's median colour (box text)
         self.dock = None
+        self.viewer.canvas.events.size.connect(self._on_canvas_size)
         for key in NEXT_KEYS:
             self.viewer.bind_key(key, lambda _v: self.next(), overwrite=True)
         for key in PREVIOUS_KEYS:
@@ -138,6 +145,7 @@ class Inspector:
         arr = self._pixels(image)
         self._set_image(arr)
         width = self._edge_width = edge_width_for(arr.shape)
+        bg = self._background = image_background(self.image_layer.data, self.image_layer.contrast_limits)
         gt = self.pending.get(image)
         gt = self.queue.gt_boxes(image) if gt is None else gt
         pred = self.queue.pred_boxes(image)
@@ -145,17 +153,34 @@ class Inspector:
             # prediction text under the box, label text above it: the two never overlap
             self.pred_layer = self.viewer.add_layer(new_box_layer(pred, name=PRED_LAYER, edge_width=width,
                                                                   text=self.text, editable=False,
-                                                                  anchor="lower_left"))
+                                                                  anchor="lower_left", background=bg))
             self.gt_layer = self.viewer.add_layer(new_box_layer(gt, name=GT_LAYER, edge_width=width,
-                                                                text=self.text, editable=True))
+                                                                text=self.text, editable=True, background=bg))
         else:
-            update_box_layer(self.pred_layer, pred, edge_width=width, text=self.text)
-            update_box_layer(self.gt_layer, gt, edge_width=width, text=self.text)
+            update_box_layer(self.pred_layer, pred, edge_width=width, text=self.text, background=bg)
+            update_box_layer(self.gt_layer, gt, edge_width=width, text=self.text, background=bg)
         self._set_defaults()
         self.viewer.layers.selection.active = self.gt_layer
-        self.viewer.reset_view()
+        self.fit()
         if self.dock is not None:
             self.dock.refresh()
+
+    def fit(self) -> None:
+        """Fit the image to the canvas (and refit when the canvas size changes, until the user
+        zooms or pans)."""
+        self.viewer.reset_view()
+        self._fitted = (np.array(self.viewer.camera.center, dtype=float), float(self.viewer.camera.zoom))
+
+    def _on_canvas_size(self, _event: Any = None) -> None:
+        if self._fitted is None:
+            return
+        centre, zoom = self._fitted
+        camera = self.viewer.camera
+        if np.allclose(camera.center, centre) and np.isclose(camera.zoom, zoom):
+            self.fit()
+
+    def _edited_text_colour(self) -> str:
+        return hex_colour(EDITED_COLOUR if self._background is None else readable_on(EDITED_COLOUR, self._background))
 
     def _pixels(self, image: str) -> np.ndarray:
         return case_pixels(self.queue, self.images, image, original=self.original)
@@ -187,7 +212,7 @@ class Inspector:
         layer.current_edge_color = hex_colour(EDITED_COLOUR)
         layer.feature_defaults = {"class": self.current_class, "score": np.nan, "display": "edited",
                                   "label": self.current_class, "text": self.current_class,
-                                  "text_colour": hex_colour(EDITED_COLOUR),
+                                  "text_colour": self._edited_text_colour(),
                                   **{c: np.nan for c in BOX}}
 
     # -- editing
@@ -233,7 +258,7 @@ class Inspector:
         feats = layer.features.copy()
         feats.loc[sel, ["class", "label", "text"]] = cls
         feats.loc[sel, "display"] = "edited"
-        feats.loc[sel, "text_colour"] = hex_colour(EDITED_COLOUR)
+        feats.loc[sel, "text_colour"] = self._edited_text_colour()
         colours = np.asarray(layer.edge_color).copy()
         colours[sel] = rgba(EDITED_COLOUR)
         layer.selected_data = set()
@@ -255,7 +280,8 @@ class Inspector:
                               "display": "edited", "label": preds["class"].to_numpy()})
         boxes = pd.concat([self.current_boxes(), added], ignore_index=True)
         self.pred_layer.selected_data = set()
-        update_box_layer(self.gt_layer, boxes, edge_width=self._edge_width, text=self.text)
+        update_box_layer(self.gt_layer, boxes, edge_width=self._edge_width, text=self.text,
+                         background=self._background)
         self._set_defaults()
         if self.dock is not None:
             self.dock.refresh()
@@ -408,19 +434,12 @@ def screenshot(queue: HardCaseQueue, path: str | Path, *, image: str | int = 0,
     Needs a display (use ``xvfb-run`` on a headless machine: napari cannot render offscreen).
     """
     import_napari()
-    try:  # napari's one-time "PyQt5 is deprecated" toast would cover the canvas in the picture
-        import napari._qt.qt_main_window as qt_main_window
-
-        qt_main_window.SHOW_QT_WARNING = False
-    except (ImportError, AttributeError):
-        pass
     ins = Inspector(queue, show=True, start=image, **options)
     try:
         ins.viewer.window.resize(*size)
         from qtpy.QtWidgets import QApplication
 
-        QApplication.processEvents()
-        ins.viewer.reset_view()
+        QApplication.processEvents()  # the canvas takes its size; the inspector refits the image
         QApplication.processEvents()
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)

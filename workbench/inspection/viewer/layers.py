@@ -13,6 +13,11 @@ float64 box in its features (``x1 .. y2``); reading a layer back returns that or
 every shape whose vertices still equal it in float32, and the vertex extent for shapes a
 user moved, resized or drew (float32 precision, ~1e-4 px on a 1000 px image).
 
+Readable text. Box text is drawn in the box's colour, darkened on a pale image (a sky-blue TP
+label on a pale blood smear) or lightened on a dark one (fluorescence) until its contrast with
+the image's median colour reaches WCAG's 4.5:1 (:func:`readable_on`); napari text has no
+outline or background to rely on instead.
+
 Responsiveness: box layers are created once and updated in place when the image changes
 (see ``benchmarks/bench_viewer.py`` for the numbers against one ``add_shapes`` call per
 box and against re-creating the layers); in dense images only error boxes carry text.
@@ -27,9 +32,9 @@ import pandas as pd
 
 from workbench.inspection.hardcases import DISPLAY_COLOURS, text_shown
 
-__all__ = ["BOX", "EDITED_COLOUR", "box_layer_style", "boxes_to_rectangles", "contrast_limits", "edge_width_for",
-           "hex_colour", "image_layer_kwargs", "layer_boxes", "new_box_layer", "rectangles_to_boxes", "rgba",
-           "update_box_layer"]
+__all__ = ["BOX", "EDITED_COLOUR", "box_layer_style", "boxes_to_rectangles", "contrast_limits", "contrast_ratio",
+           "edge_width_for", "hex_colour", "image_background", "image_layer_kwargs", "layer_boxes", "new_box_layer",
+           "readable_on", "rectangles_to_boxes", "rgba", "update_box_layer"]
 
 BOX = ["x1", "y1", "x2", "y2"]
 EDITED_COLOUR = (240, 228, 66)  # Okabe-Ito yellow: boxes added or changed in this session
@@ -82,12 +87,53 @@ def _colour_of(display: str) -> tuple[int, int, int]:
     return EDITED_COLOUR if display == "edited" else DISPLAY_COLOURS.get(display, DISPLAY_COLOURS["ignored"])
 
 
-def box_layer_style(boxes: pd.DataFrame, *, text: str = "auto") -> dict[str, Any]:
+def _luminance(rgb: Sequence[float]) -> float:
+    """WCAG relative luminance of an sRGB colour (0-255)."""
+    c = np.asarray(rgb, dtype=float)[:3] / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    return float(lin @ np.array([0.2126, 0.7152, 0.0722]))
+
+
+def contrast_ratio(a: Sequence[float], b: Sequence[float]) -> float:
+    """WCAG contrast ratio of two RGB colours (0-255): 1 (same) .. 21 (black on white)."""
+    hi, lo = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (hi + 0.05) / (lo + 0.05)
+
+
+def readable_on(rgb: tuple[int, int, int], background: Sequence[float], *,
+                ratio: float = 4.5) -> tuple[int, int, int]:
+    """``rgb`` mixed towards black (on a light background) or white (on a dark one) in the
+    smallest of 20 steps that reaches ``ratio`` contrast with ``background``; the hue stays."""
+    towards = 0.0 if contrast_ratio((0, 0, 0), background) >= contrast_ratio((255, 255, 255), background) else 255.0
+    c = np.asarray(rgb, dtype=float)
+    for t in np.linspace(0.0, 1.0, 21):
+        mixed = tuple(int(round(v)) for v in c + (towards - c) * t)
+        if contrast_ratio(mixed, background) >= ratio:
+            break
+    return mixed
+
+
+def image_background(arr: np.ndarray, contrast: Sequence[float] | None = None) -> tuple[int, int, int]:
+    """The median colour of an image as displayed (scaled by the ``contrast`` limits, default
+    :func:`contrast_limits`), RGB 0-255: what box text has to stand out against."""
+    arr = np.asarray(arr)
+    data = arr[..., :3] if arr.ndim == 3 else arr[..., None]
+    lo, hi = contrast if contrast is not None else contrast_limits(arr)
+    step = max(1, int(np.sqrt(data.shape[0] * data.shape[1] / 250_000)))  # ~250k pixels are plenty
+    sample = data[::step, ::step].reshape(-1, data.shape[-1]).astype(float)
+    med = np.clip((np.median(sample, axis=0) - lo) / (hi - lo) * 255.0, 0, 255)
+    med = np.repeat(med, 3) if med.size == 1 else med
+    return tuple(int(round(v)) for v in med)
+
+
+def box_layer_style(boxes: pd.DataFrame, *, text: str = "auto",
+                    background: Sequence[float] | None = None) -> dict[str, Any]:
     """Data, features, edge colours and text of a box layer (pure; no napari needed).
 
     ``boxes`` has class, x1..y2, and optionally display (colour role), label (text) and
     score. ``text``: ``"all"``, ``"errors"`` (boxes other than TP), ``"none"`` or ``"auto"``
-    (all up to :data:`TEXT_ALL_MAX` boxes, else errors).
+    (all up to :data:`TEXT_ALL_MAX` boxes, else errors). ``background`` (the image's median
+    colour, :func:`image_background`): text colours are made readable on it (:func:`readable_on`).
     """
     n = len(boxes)
     display = (boxes["display"].astype(str) if "display" in boxes.columns
@@ -101,7 +147,9 @@ def box_layer_style(boxes: pd.DataFrame, *, text: str = "auto") -> dict[str, Any
         "score": boxes["score"].to_numpy(dtype=float) if "score" in boxes.columns else np.full(n, np.nan),
         "display": display, "label": label,
         "text": np.where(shown, label, ""),
-        "text_colour": [hex_colour(c) for c in colours],
+        # object dtype also when empty: a float column would refuse the string default of a drawn box
+        "text_colour": np.array([hex_colour(c if background is None else readable_on(c, background))
+                                 for c in colours], dtype=object),
         **{c: boxes[c].to_numpy(dtype=float) for c in BOX}})
     return {"data": boxes_to_rectangles(boxes), "features": features,
             "edge_color": np.array([rgba(c) for c in colours]).reshape(-1, 4)}
@@ -201,12 +249,13 @@ _BOX_SHAPES = None
 
 
 def new_box_layer(boxes: pd.DataFrame, *, name: str, edge_width: float, text: str = "auto",
-                  editable: bool = True, text_size: int = 8, anchor: str = "upper_left") -> Any:
+                  editable: bool = True, text_size: int = 8, anchor: str = "upper_left",
+                  background: Sequence[float] | None = None) -> Any:
     """A napari Shapes layer of rectangles for ``boxes`` (see :func:`box_layer_style`)."""
     global _BOX_SHAPES
     if _BOX_SHAPES is None:
         _BOX_SHAPES = _box_shapes_class()
-    style = box_layer_style(boxes, text=text)
+    style = box_layer_style(boxes, text=text, background=background)
     layer = _BOX_SHAPES(
         list(style["data"]), shape_type="rectangle", features=style["features"],
         edge_color=style["edge_color"] if len(boxes) else "white", face_color="transparent",
@@ -218,9 +267,10 @@ def new_box_layer(boxes: pd.DataFrame, *, name: str, edge_width: float, text: st
     return layer
 
 
-def update_box_layer(layer: Any, boxes: pd.DataFrame, *, edge_width: float, text: str = "auto") -> None:
+def update_box_layer(layer: Any, boxes: pd.DataFrame, *, edge_width: float, text: str = "auto",
+                     background: Sequence[float] | None = None) -> None:
     """Replace a box layer's shapes in place (keeps the layer, its visual and its controls)."""
-    style = box_layer_style(boxes, text=text)
+    style = box_layer_style(boxes, text=text, background=background)
     read_only = getattr(layer, "read_only", False)
     editable = layer.editable
     # one redraw for all the property changes below (napari private API, guarded)
