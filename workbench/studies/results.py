@@ -61,6 +61,10 @@ def run_results(*, profile: str = "cpu", only: list[str] | None = None, device: 
         raise ValueError(f"no result job matches {only}; known: {[j.notebook for j in RESULT_JOBS]}")
     done = []
     for job in jobs:
+        if profile not in study_class(job.notebook).profiles:  # e.g. 07 / 08 have no cpu profile yet
+            log(f"[results] {job.notebook}: skipped, it has no {profile!r} profile "
+                f"(it has {sorted(study_class(job.notebook).profiles)})")
+            continue
         params = {**job.params, "profile": profile, **({"device": device} if device else {})}
         t0 = time.perf_counter()
         executed = run_notebook(job.notebook, params)
@@ -97,7 +101,8 @@ def publish(study_results: str | Path, notebook: str, *, wall_s: float | None = 
                 _small_png(src / f"{name}.png", tmp / f"{name}.png")
         write_text(tmp / "provenance.json", json.dumps(provenance, indent=2, default=str) + "\n")
         shutil.copy2(src / STUDY_FILE, tmp / STUDY_FILE)
-        write_text(tmp / "README.md", readme(notebook, doc, tables, cls.headline_tables or (summary,), provenance))
+        headline = tuple(t for t in cls.headline_tables if t in tables) or ((summary,) if summary else ())
+        write_text(tmp / "README.md", readme(notebook, doc, tables, headline, provenance))
     return out
 
 

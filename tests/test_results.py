@@ -1,0 +1,42 @@
+"""Publishing a study's results into outputs/results/<notebook>/ (what `make results` commits)."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from workbench.report.figures import save_figure
+from workbench.studies.results import markdown_table, publish
+
+
+def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tmp_path):
+    src = tmp_path / "notebook" / "results"
+    src.mkdir(parents=True)
+    summary = pd.DataFrame({"arm": ["scratch", "fine-tune"], "seed": [0, 0], "fraction": [1.0, 1.0],
+                            "split": ["test", "test"], "map50": [0.55, 0.83], "map50_95": [0.3, 0.5]})
+    summary.to_csv(src / "summary.csv", index=False)
+    pd.DataFrame({"x": range(10)}).to_csv(src / "other.csv", index=False)
+    fig = Figure(figsize=(4, 3))
+    fig.subplots().plot([0, 1], [0, 1])
+    save_figure(fig, src / "test_map50", caption="Test mAP50 per arm.", provenance={"runs": ["a"]})
+    (src / "study.json").write_text(json.dumps({
+        "study": "04_model_size", "dataset": "bccd", "profile": {"name": "cpu"}, "device": "cpu",
+        "fingerprint": {"sha256": "abc"}, "tables": ["summary", "other"], "figures": ["test_map50"],
+        "captions": {"test_map50": "Test mAP50 per arm."}, "cells": []}))
+    out = publish(src, "04_model_size", wall_s=125.0, params={"profile": "cpu"}, out=tmp_path / "published")
+    names = {p.name for p in out.iterdir()}
+    assert {"summary.csv", "other.csv", "test_map50.png", "test_map50.pdf", "test_map50.caption.txt",
+            "study.json", "provenance.json", "README.md"} <= names
+    assert pd.read_csv(out / "summary.csv").equals(summary)
+    assert (out / "test_map50.png").stat().st_size < (src / "test_map50.png").stat().st_size  # smaller PNG
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["wall_time_s"] == 125.0 and prov["fingerprints"] == {"fingerprint": {"sha256": "abc"}}
+    readme = (out / "README.md").read_text()
+    assert "`cpu` profile" in readme and "2.1 min" in readme and "![test_map50](test_map50.png)" in readme
+    assert "| fine-tune | 0 | 1.000 | test | 0.830 | 0.500 |" in readme  # the headline table
+
+
+def test_markdown_table_escapes_pipes_and_rounds():
+    md = markdown_table(pd.DataFrame({"a|b": ["x|y"], "v": [0.12345]}), digits=2)
+    assert md.splitlines() == ["| a|b | v |", "|---|---|", "| x\\|y | 0.12 |"]
