@@ -7,6 +7,8 @@ ultralytics does the training; this module only makes it offline, reproducible a
   a name that ultralytics would download (``yolo11n.pt``, ``yolov8n``) is refused;
 * runs go to ``outputs/runs/<run_id>/`` (absolute ``project=``/``name=``), with ``run.json``
   and ``metrics.csv`` written beside ultralytics' own files (see :mod:`workbench.models.runs`);
+  a multi-GPU run (``device="0,1"``: ultralytics' DDP, started from the command line) trains
+  into a subfolder first, as its launcher deletes save_dir (:func:`ultralytics_save_dir`);
 * ultralytics' AMP check downloads ``yolo26n.pt`` to compare FP32 and FP16 outputs; here it
   runs only when that file is already in ultralytics' weights folder, otherwise AMP stays on
   for CUDA unless the GPU is on ultralytics' list of GPUs with broken FP16 (see
@@ -28,7 +30,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
+import shutil
 import sys
 import time
 from copy import deepcopy
@@ -54,6 +58,10 @@ RESERVED = {"data", "project", "name", "exist_ok", "resume", "model", "save_dir"
 _AMP_BAD_GPU = re.compile(r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)",
                           re.IGNORECASE)
 _AMP_WEIGHTS = "yolo26n.pt"  # the file ultralytics' check_amp would download
+# Multi-GPU (DDP) runs: ultralytics' save_dir is this subfolder of the run folder, because its DDP
+# launcher deletes save_dir before it starts; run.json stays safe one level up, and the outputs
+# are moved up into the run folder when training ends (every run has the same layout).
+DDP_SAVE_DIR = "ultralytics"
 
 Callbacks = Mapping[str, Callable[[Any], None] | list[Callable[[Any], None]]]
 
@@ -247,7 +255,7 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
         raise ValueError(f"need epochs >= 1 and imgsz >= 32, got epochs={epochs}, imgsz={imgsz}")
 
     yml = dataset_yaml_path(dataset_yaml)
-    dev = pick_device(device)
+    dev = train_device(device)
     spec = resolve_model(model)
     pre = local_weights(pretrained) if pretrained is not None else None
     yolo = _build(spec)
@@ -275,7 +283,8 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
         "pretrained": str(pre) if pre else spec.endswith(WEIGHT_SUFFIXES),
     }
     config.update(overrides)
-    args = {**config, "data": str(yml), "project": str(root), "name": run_id, "exist_ok": True}
+    project, name = ultralytics_save_dir(root, run_id, dev)
+    args = {**config, "data": str(yml), "project": project, "name": name, "exist_ok": True}
     _check_ultralytics_args(args)
 
     meta = read_meta(yml.parent)
@@ -290,7 +299,7 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
         "model": {"spec": str(model), "resolved": spec, "architecture": arch,
                   "pretrained": str(pre) if pre else None},
         "config": config, "overrides": dict(overrides),
-        "device": describe_device(dev),
+        "device": _describe(dev),
         "versions": {"python": sys.version.split()[0], **package_versions()},
         "git": git_state(),
         "command": " ".join(sys.argv),
@@ -301,6 +310,50 @@ def train(dataset_yaml: str | Path, *, model: str | Path = "yolov8n.yaml", epoch
     _add_callbacks(yolo, callbacks)
     _run(yolo, run_dir, args, imgsz)
     return run_dir
+
+
+def train_device(device: str | None) -> str:
+    """:func:`pick_device`, plus a GPU list for multi-GPU (DDP) training: ``0,1`` or ``cuda:0,1``
+    -> ``cuda:0,1``, each id checked to exist. Run DDP from the command line, never in a notebook
+    kernel (:func:`workbench.studies.grid_launch.launch_train` starts it as a subprocess)."""
+    ids = [i.strip() for i in str(device or "").lower().replace("cuda:", "").split(",")]
+    if len(ids) < 2:
+        return pick_device(device)
+    picked = [pick_device(f"cuda:{i}").split(":")[1] for i in ids]
+    if len(set(picked)) != len(picked):
+        raise ValueError(f"device {device!r}: a GPU is listed twice")
+    return "cuda:" + ",".join(picked)
+
+
+def is_multi_gpu(device: str) -> bool:
+    return "," in device
+
+
+def ultralytics_save_dir(root: Path, run_id: str, device: str) -> tuple[str, str]:
+    """ultralytics' ``(project, name)``: the run folder itself, or its :data:`DDP_SAVE_DIR`
+    subfolder for multi-GPU runs (whose launcher deletes save_dir, which must not hold run.json)."""
+    return (str(root / run_id), DDP_SAVE_DIR) if is_multi_gpu(device) else (str(root), run_id)
+
+
+def hoist_ddp_outputs(run_dir: Path) -> None:
+    """Move a multi-GPU run's ultralytics outputs (weights/, results.csv, args.yaml, plots) from
+    :data:`DDP_SAVE_DIR` up into the run folder; nothing to do for other runs."""
+    sub = Path(run_dir) / DDP_SAVE_DIR
+    if not sub.is_dir():
+        return
+    for item in sub.iterdir():
+        target = Path(run_dir) / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+    sub.rmdir()
+
+
+def _describe(device: str) -> dict[str, Any]:
+    if not is_multi_gpu(device):
+        return describe_device(device)
+    ids = device.split(":")[1].split(",")
+    return {**describe_device(f"cuda:{ids[0]}"), "device": device, "gpus": len(ids)}
 
 
 def _check_ultralytics_args(args: dict[str, Any]) -> None:
@@ -331,7 +384,7 @@ def resume_run(run_dir: str | Path, *, device: str | None = None, workers: int |
                          "nothing to resume")
     config = record["config"]
     try:
-        dev = pick_device(device if device is not None else config["device"])
+        dev = train_device(device if device is not None else config["device"])
     except ValueError as exc:
         raise ValueError(f"{run_dir}: cannot resume on the run's device: {exc}; pass device=") from None
     args: dict[str, Any] = {"resume": str(last), "device": dev, "save_dir": str(run_dir),
@@ -367,6 +420,7 @@ def _run(yolo, run_dir: Path, args: dict[str, Any], imgsz: int) -> None:
 
 
 def _finish(run_dir: Path, yolo, status: str, seconds: float, imgsz: int, error: str | None = None) -> None:
+    hoist_ddp_outputs(run_dir)
     record = read_run_record(run_dir)
     changes: dict[str, Any] = {"status": status, "finished": utc_now(), "error": error,
                                "duration_s": round((record.get("duration_s") or 0) + seconds, 2)}

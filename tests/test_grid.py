@@ -1,0 +1,195 @@
+"""Study grids on the local engine, with a fake study whose cells train nothing (tests/_grid_fake.py):
+skip-if-done, --rerun-failed, needs, the lock, a timeout that kills a sleeping grandchild, GPU ids
+handed out round-robin, variants, grid.csv and the study's result read back; the CLI."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from _grid_fake import FakeStudy, fake_study as fake
+from workbench.cli.grid import duration, varied
+from workbench.cli.main import main
+from workbench.studies import grid_cells as gcells
+from workbench.studies.grid import levels, plan_grid, read_grid, run_grid, variants
+from workbench.studies.grid_engines import LocalEngine
+
+TESTS = Path(__file__).resolve().parent
+# each cell is a Python process (a few seconds each on 2 busy cores): not for the quick loop
+SUBPROCESSES = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def fake_study_importable(monkeypatch):
+    """Cell processes import the fake study's module: put tests/ on their PYTHONPATH."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])))
+
+
+def starts(study: FakeStudy, key: str) -> list[dict]:
+    path = Path(study.profile.trace) / f"{key}.starts"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def state(report, cell: str) -> pd.Series:
+    return report.table.set_index("cell").loc[cell]
+
+
+@SUBPROCESSES
+def test_cells_run_as_processes_and_done_cells_are_skipped(tmp_path):
+    study = fake(tmp_path, ("a", "ok", 0), ("b", "ok", 0))
+    first = run_grid(study, progress=False)
+    assert set(first.table["state"]) == {"done"} and sorted(first.table["cell"]) == ["a", "b"]
+    assert {r["pid"] for r in starts(study, "a")} != {os.getpid()}  # ran in its own process
+    grid_csv = pd.read_csv(study.grid_dir / "grid.csv")
+    assert list(grid_csv["state"]) == ["done", "done"] and list(grid_csv["score"]) == [1.0, 1.0]
+    assert grid_csv["host"].eq(socket.gethostname()).all() and grid_csv["duration_s"].notna().all()
+    assert (study.results_dir / "fake.csv").is_file() and (study.results_dir / "study.json").is_file()
+    for folder in (study.grid_dir / "cells").iterdir():
+        assert {"cell.json", "status.json", "rows.json", "train.log"} <= {p.name for p in folder.iterdir()}
+        assert not (folder / "lock").exists()
+
+    second = run_grid(study, progress=False)
+    assert second.ran == [] and len(starts(study, "a")) == 1 and len(starts(study, "b")) == 1
+    assert set(second.table["state"]) == {"done"}
+
+
+@SUBPROCESSES
+def test_the_key_changes_with_the_config_so_a_changed_cell_runs_again(tmp_path):
+    run_grid(fake(tmp_path, ("a", "ok", 0)), progress=False)
+    changed = fake(tmp_path, ("a", "ok", 0.1))
+    report = run_grid(changed, progress=False)
+    assert len(report.ran) == 1 and len(starts(changed, "a")) == 2
+    assert len(list((changed.grid_dir / "cells").iterdir())) == 2  # the old folder is kept, not reused
+
+
+@SUBPROCESSES
+def test_failed_cells_are_listed_and_run_again_only_with_rerun_failed(tmp_path):
+    study = fake(tmp_path, ("a", "fail-until-fixed", 0), ("b", "ok", 0, ["a"]), ("c", "ok", 0))
+    report = run_grid(study, progress=False)
+    assert state(report, "a")["state"] == "failed" and "fails on purpose" in state(report, "a")["error"]
+    assert state(report, "b")["state"] == "failed" and "needs ['a']" in state(report, "b")["error"]
+    assert state(report, "c")["state"] == "done" and starts(study, "b") == []
+
+    (Path(study.profile.trace) / "fixed").touch()
+    again = run_grid(study, progress=False)
+    assert again.ran == [] and len(starts(study, "a")) == 1  # failed cells stay failed without the flag
+
+    fixed = run_grid(study, progress=False, rerun_failed=True)
+    assert set(fixed.table["state"]) == {"done"} and len(fixed.ran) == 2  # a, then b (which needs it)
+    assert len(starts(study, "a")) == 2 and len(starts(study, "c")) == 1
+
+
+@SUBPROCESSES
+def test_a_cell_locked_by_a_live_driver_is_left_alone_and_a_stale_lock_is_taken_over(tmp_path):
+    study = fake(tmp_path, ("a", "ok", 0), ("b", "ok", 0))
+    cells = {gc.cell_key: gc for gc in plan_grid(study)}
+    for gc in cells.values():
+        gc.dir.mkdir(parents=True)
+    assert gcells.acquire_lock(cells["a"].dir) and not gcells.acquire_lock(cells["a"].dir)  # O_EXCL: one holder
+
+    report = run_grid(study, progress=False)  # this process holds a's lock, as another driver would
+    assert state(report, "a")["state"] == "pending" and state(report, "b")["state"] == "done"
+    assert starts(study, "a") == []
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (cells["a"].dir / "lock").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    assert gcells.lock_is_stale(cells["a"].dir / "lock")
+    report = run_grid(study, progress=False)
+    assert state(report, "a")["state"] == "done" and report.ran == [cells["a"].name]
+
+
+@SUBPROCESSES
+def test_a_timeout_kills_the_cells_whole_process_group_grandchild_included(tmp_path):
+    study = fake(tmp_path, ("slow", "grandchild", 300))
+    report = run_grid(study, progress=False, timeout_s=8)
+    row = state(report, "slow")
+    assert row["state"] == "failed" and "timed out after 8 s" in row["error"]
+    grandchild = int((Path(study.profile.trace) / "grandchild.pid").read_text())
+    assert not gcells.pid_alive(grandchild)
+
+
+@SUBPROCESSES
+def test_local_engine_hands_out_gpu_ids_round_robin_and_never_shares_one(tmp_path):
+    study = fake(tmp_path, *[(k, "ok", 2) for k in "abcd"])
+    engine = LocalEngine(gpus=["0", "1"], max_parallel=4)  # 2 GPUs, 1 each: at most 2 at once
+    assert engine.plan()[:3] == (["0", "1"], 1, 2)
+    run_grid(study, engine=engine, progress=False)
+    runs = [json.loads((Path(study.profile.trace) / f"{k}.json").read_text()) for k in "abcd"]
+    assert sorted(r["gpus"] for r in runs) == ["0", "0", "1", "1"]
+    for r in runs:
+        overlapping = [o for o in runs if o["start"] < r["end"] and r["start"] < o["end"]]
+        assert len(overlapping) <= 2 and len({o["gpus"] for o in overlapping}) == len(overlapping)
+    with pytest.raises(ValueError, match="offers 2 GPU"):
+        LocalEngine(gpus=["0", "1"], gpus_per_cell=3).plan()
+
+
+@SUBPROCESSES
+def test_variants_run_every_cell_per_value_with_their_own_work_folders(tmp_path):
+    study = fake(tmp_path, ("a", "ok", 0))
+    report = run_grid(study, vary={"level": [0, 1]}, progress=False)
+    assert sorted(report.table["level"]) == [0, 1] and set(report.table["state"]) == {"done"}
+    assert sorted(report.result.table("fake")["level"]) == [0, 1]
+    docs = [json.loads((study.grid_dir / "cells" / f / "cell.json").read_text()) for f in report.table["folder"]]
+    assert [d["overrides"] for d in docs if d["vary"]["level"] == 1] == [{"level": 1}]
+    assert [d["study_args"]["work_dir"] for d in docs if d["vary"]["level"] == 1][0].endswith("variants/level-1")
+
+
+def test_variants_keys_and_dependency_levels_are_planned_without_running_anything(tmp_path):
+    assert variants(None) == [{}]
+    assert variants({"level": [0, 1], "x": ["p", "q"]}) == [
+        {"level": 0, "x": "p"}, {"level": 0, "x": "q"}, {"level": 1, "x": "p"}, {"level": 1, "x": "q"}]
+    with pytest.raises(ValueError, match="no values"):
+        variants({"level": []})
+    study = fake(tmp_path, ("a", "ok", 0), ("b", "ok", 0, ["a"]), ("c", "ok", 0))
+    planned = plan_grid(study, vary={"level": [0, 1]})
+    assert len(planned) == 6 and len({gc.key for gc in planned}) == 6 and len({gc.dir for gc in planned}) == 6
+    assert [[gc.cell_key for gc in level] for level in levels(planned)] == [["a", "c", "a", "c"], ["b", "b"]]
+    again = plan_grid(study, vary={"level": [0, 1]})
+    assert [gc.key for gc in again] == [gc.key for gc in planned]  # keys are stable
+    assert planned[0].dir.name.startswith("a-") and len(planned[0].dir.name) == len("a-") + 12
+    with pytest.raises(ValueError, match="no field"):
+        plan_grid(study, vary={"nonsense": [1]})
+
+
+@SUBPROCESSES
+def test_the_result_of_a_grid_that_already_ran_is_read_back(tmp_path):
+    study = fake(tmp_path, ("a", "ok", 0), ("b", "fail", 0))
+    report = run_grid(study, progress=False)
+    table = read_grid(study.grid_dir)
+    assert list(table["state"]) == ["done", "failed"]
+    result = study.result_from_grid()
+    assert list(result.table("fake")["cell"]) == ["a"]
+    pd.testing.assert_frame_equal(result.table("fake"), report.result.table("fake"))
+
+
+@SUBPROCESSES
+def test_cli_grid_and_cell(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["grid", "99_fake_grid", "--profile", "two", "--out", str(out), "--no-progress"]) == 0
+    assert "2 done" in capsys.readouterr().out
+    table = pd.read_csv(out / "grid" / "grid.csv")
+    assert list(table["cell"]) == ["a", "b"] and set(table["state"]) == {"done"}
+    folder = out / "grid" / "cells" / table["folder"][0]
+    assert main(["cell", str(folder)]) == 0  # a cell folder runs on its own, again (idempotent)
+    assert json.loads((folder / "status.json").read_text())["attempts"] == 2
+    assert duration("6h") == 21600 and duration("90m") == 5400 and duration("45") == 45
+    assert varied("seed=0,1") == ("seed", [0, 1]) and varied("model=a.yaml,b") == ("model", ["a.yaml", "b"])
+
+
+def test_collect_names_what_ended_a_cell(tmp_path):
+    gcells.write_status(tmp_path, state="running")
+    assert gcells.collect(tmp_path, rc=-9)["crashed"] is True
+    assert "SIGKILL" in gcells.collect(tmp_path, rc=-9)["error"]
+    assert "exited with code 3" in gcells.collect(tmp_path, rc=3)["error"]
+    assert gcells.collect(tmp_path, rc=0)["state"] == "failed"  # exit 0 without rows is not done
+    gcells.write_json(tmp_path / "rows.json", [{"x": 1}])
+    gcells.write_status(tmp_path, state="done")
+    assert gcells.collect(tmp_path, rc=0)["state"] == "done"
+    with pytest.raises(ValueError, match="state must be"):
+        gcells.write_status(tmp_path, state="finished")
