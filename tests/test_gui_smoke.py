@@ -22,8 +22,10 @@ pytestmark = [
 @pytest.fixture
 def viewer():
     # opencv-python points Qt at its own plugins; napari's Qt must use its own (xcb) instead.
-    os.environ.pop("QT_QPA_PLATFORM_PLUGIN_PATH", None)
-    napari = pytest.importorskip("napari")
+    from workbench.inspection.viewer import import_napari
+
+    pytest.importorskip("napari")
+    napari = import_napari()  # drops opencv's Qt plugin path, preloads what crashes after a GL context
     v = napari.Viewer(show=True)
     yield v
     v.close()

@@ -71,9 +71,23 @@ def import_napari():
     ``QT_QPA_PLATFORM_PLUGIN_PATH``; that setting is dropped first."""
     require_display()
     os.environ.pop("QT_QPA_PLATFORM_PLUGIN_PATH", None)
+    preload_gl_conflicts()
     import napari
 
     return napari
+
+
+def preload_gl_conflicts() -> None:
+    """Load triton (through ``torch._dynamo``) before napari opens an OpenGL context.
+
+    With PyQt6 under Mesa (Xvfb, llvmpipe), importing triton *after* a napari canvas exists
+    crashes the process (segmentation fault in triton's native module: two LLVMs in one
+    process); loaded first, both work. torchvision's ops import it on first use, so a session
+    that inspects and then predicts or fine-tunes would crash without this."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except ImportError:  # no torch: nothing to preload
+        pass
 
 
 # ----------------------------------------------------------------------------- inspector
