@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from workbench.studies import micronuclei
-from workbench.studies.notebooks import error_names, run_notebook
+from workbench.studies.notebooks import error_names, missing_figures, run_notebook
 
 
 @pytest.mark.slow
@@ -38,6 +38,7 @@ def test_micronuclei_notebook_smoke(tmp_path):
         assert g.sort_values("score_thr")["recall"].is_monotonic_decreasing
     for fig in ("mn_frequency_scatter", "mn_criteria"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
+    assert not missing_figures(executed, len(list(out.glob("*.pdf"))))  # every figure shown as a picture
     pred = pd.read_csv(out / "mn_predictions.csv")
     assert set(pred["approach"]) <= set(micronuclei.APPROACHES) and (pred["score"] >= 0.01).all()
     study = json.loads((out / "study.json").read_text())
