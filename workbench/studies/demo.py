@@ -35,10 +35,12 @@ class Job:
     params: dict[str, Any] = field(default_factory=dict)
     title: str = ""
     shows: str = ""  # one line: what the job's figures show
+    note: str = ""  # what its profile means here (default: PROFILE_NOTES of its profile)
 
     @property
     def slug(self) -> str:
-        tail = "_".join(str(v) for k, v in sorted(self.params.items()) if k != "profile")
+        """The job's folder name: the notebook and its parameter values (paths by their last part)."""
+        tail = "_".join(Path(str(v)).name for k, v in sorted(self.params.items()) if k not in ("profile", "run"))
         return f"{self.notebook}__{tail}" if tail else self.notebook
 
 
@@ -102,12 +104,14 @@ def _real_model_jobs(out_dir: Path) -> list[Job]:
                    "Class shares, cell sizes and neighbourhood counts (truth vs cascade), and the worst test images")
     study = IndependentTestStudy(HELD_OUT[1]["dataset"], profile=DEMO, out_dir=out_dir / held_out.slug)
     study.prepare()  # the held-out copy (cheap, idempotent): notebook 06 inspects its test images
+    vendored = "the vendored data as shipped; no model involved"
     return [
-        Job("01_dataset_audit", {"dataset": "bccd", "profile": "smoke"}, "Dataset audit: BCCD blood cells (Pascal VOC)", audit),
+        Job("01_dataset_audit", {"dataset": "bccd", "profile": "smoke"}, "Dataset audit: BCCD blood cells (Pascal VOC)",
+            audit, vendored),
         Job("01_dataset_audit", {"dataset": "monuseg", "profile": "smoke"},
-            "Dataset audit: MoNuSeg H&E nuclei (ImageScope XML)", audit),
+            "Dataset audit: MoNuSeg H&E nuclei (ImageScope XML)", audit, vendored),
         Job("01_dataset_audit", {"dataset": "mnfinder", "profile": "smoke"},
-            "Dataset audit: MNFinder micronuclei (instance masks)", audit),
+            "Dataset audit: MNFinder micronuclei (instance masks)", audit, vendored),
         held_out,
         Job("06_inspect_hard_cases", {"dataset": str(study.data), "split": "test", "run": str(study.detector_run),
                                       "profile": DEMO},
@@ -189,7 +193,7 @@ def render_index(results: list[tuple[Job, Path, float, str]], out_dir: Path, pro
         parts.append(f"<h2>{html.escape(job.title or job.slug)}</h2>")
         parts.append(f"<p><code>{html.escape(job.notebook)}</code> {html.escape(str(job.params))} — {seconds:.0f} s</p>")
         job_profile = str(job.params.get("profile", profile))
-        note = PROFILE_NOTES.get(job_profile, f"{job_profile} profile")
+        note = job.note or PROFILE_NOTES.get(job_profile, f"{job_profile} profile")
         parts.append(f"<p class='shows'>{html.escape(job.shows or 'Figures')} ({html.escape(note)}).</p>")
         if error:
             parts.append(f"<pre class='err'>{html.escape(error)}</pre>")
