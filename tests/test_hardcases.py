@@ -125,17 +125,25 @@ def test_display_colours_are_distinct():
     assert len(set(colours)) == len(colours)
 
 
-def test_cli_inspect_without_a_display_says_what_to_do(monkeypatch, capsys, tmp_path):
+def test_cli_inspect_without_a_display_says_what_to_do(monkeypatch, capsys, tmp_path, bccd_canonical):
     import argparse
 
+    import pandas as pd
+
     from workbench.cli import inspect as cli_inspect
+    from workbench.data.canonical import read_meta
+
+    # inspect ranks the images before it looks for a display (the table stays reusable with --pred)
+    first = read_meta(bccd_canonical).query("split == 'val'")["image_id"].iloc[0]
+    pd.DataFrame([{"image": first, "x1": 10.0, "y1": 10.0, "x2": 60.0, "y2": 60.0, "class": "RBC",
+                   "score": 0.9}]).to_csv(tmp_path / "pred.csv", index=False)
 
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr("sys.platform", "linux")
     parser = argparse.ArgumentParser()
     cli_inspect.register(parser.add_subparsers())
-    a = parser.parse_args(["inspect", str(tmp_path / "pred.csv"), "--gt", str(tmp_path)])
+    a = parser.parse_args(["inspect", str(tmp_path / "pred.csv"), "--gt", str(bccd_canonical), "--split", "val"])
     assert a.func(a) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: napari needs a display") and "xvfb-run" in err and "06_inspect_hard_cases" in err

@@ -98,7 +98,16 @@ def run_make(*args: str, timeout: float = 600, env: dict[str, str] | None = None
 ELSEWHERE = {
     "workbench grid": "tests/test_grid.py::test_cli_grid_and_cell",
     "workbench cell": "tests/test_grid.py::test_cli_grid_and_cell",
+    # hours of training per study: publishing is tested on a constructed study, the make target below
+    "workbench results": "tests/test_results.py::test_publish_copies_tables_small_figures_and_writes_readme_and_provenance",
+    "make results": "tests/test_readme_commands.py::test_make_results_runs_the_results_command",
 }
+
+
+def test_make_results_runs_the_results_command():
+    out = run_make("-n", "results", "ONLY=03 04")
+    assert out.returncode == 0, out.stderr
+    assert "-m workbench results --profile cpu --only 03 04" in out.stdout
 
 
 def test_every_readme_command_has_a_test():
@@ -264,7 +273,7 @@ def test_cascade_and_large_image_commands(trained, monkeypatch):
 
 @covers("workbench notebook")
 def test_notebook_command_passes_the_readme_parameters(monkeypatch, capsys):
-    """The README's example (profile=modest: ~40 min) is parsed and handed to the runner as given;
+    """The README's example (profile=cpu: hours) is parsed and handed to the runner as given;
     `make audit` below executes a notebook through the same command for real."""
     import workbench.studies.notebooks as notebooks
 
@@ -272,7 +281,7 @@ def test_notebook_command_passes_the_readme_parameters(monkeypatch, capsys):
     monkeypatch.setattr(notebooks, "run_notebook", lambda name, params, out_dir=None: seen.update(
         name=name, params=params) or Path("executed.ipynb"))
     assert main(readme_argv("python -m workbench notebook")) == 0
-    assert seen == {"name": "03_pretrain_vs_scratch", "params": {"profile": "modest", "dataset": "bccd"}}
+    assert seen == {"name": "03_pretrain_vs_scratch", "params": {"profile": "cpu", "dataset": "bccd"}}
 
 
 def _mode(path: Path) -> int:
