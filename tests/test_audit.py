@@ -107,6 +107,7 @@ def _append(path: Path, line: str) -> None:
     path.write_text(path.read_text() + line + "\n")
 
 
+@pytest.mark.slow
 def test_damaged_copy_every_problem_has_the_right_kind(bccd_canonical, tmp_path):
     root = shutil.copytree(bccd_canonical, tmp_path / "bccd")
     img, lab = root / "images", root / "labels"
@@ -223,6 +224,7 @@ def test_bad_settings_are_rejected(bccd_canonical):
 
 @pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.imagescope") is None,
                     reason="the MoNuSeg importer is not in this checkout")
+@pytest.mark.slow
 def test_monuseg_tiles_are_dense_and_counts_match_the_import(tmp_path):
     root = convert(MONUSEG, "monuseg", tmp_path / "monuseg")
     result = audit_dataset(root, workers=1)

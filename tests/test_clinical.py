@@ -209,6 +209,7 @@ def test_compare_systems_on_the_same_images(case):
     assert table_.groupby("system")["n_images"].first().nunique() == 1
 
 
+@pytest.mark.slow
 def test_evaluate_cli_applies_the_score_threshold_to_the_clinical_rates(tmp_path):
     """Hand-built case: 4 correct boxes at 0.9 and 4 junk boxes at 0.05. At --score-thr 0.5 the
     junk is below the operating point, so the clinical FP rate is 0 (it was 4/8 when the rates

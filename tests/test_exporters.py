@@ -112,6 +112,7 @@ def test_labelme_round_trip(canon, canon_ds, tmp_path):
     assert not back.problems["kind"].isin(["size_mismatch", "box_out_of_bounds"]).any()
 
 
+@pytest.mark.slow
 def test_labelme_with_embedded_images_stands_alone(canon, canon_ds, tmp_path):
     export_labelme(canon, tmp_path / "lm", image_data=True)
     moved = tmp_path / "elsewhere"

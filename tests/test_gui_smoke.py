@@ -13,6 +13,7 @@ from PIL import Image
 from conftest import BCCD
 
 pytestmark = [
+    pytest.mark.slow,  # napari start-up costs seconds per test: not in the quick loop
     pytest.mark.gui,
     pytest.mark.skipif(not os.environ.get("DISPLAY"),
                        reason="no display: run `make test` (uses xvfb-run) or install xvfb; napari cannot render offscreen"),

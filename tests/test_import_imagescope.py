@@ -66,6 +66,7 @@ def test_vendored_object_counts_equal_region_elements_in_the_xml_text(vendored):
     assert len(poly) >= 3 and poly[:, 0].min() == pytest.approx(first["x1"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_vendored_boxes_are_vertex_min_max_and_mpp_is_recorded(vendored):
     truth = _xml_truth(MONUSEG / "Annotations")
     objects = pd.read_csv(vendored / "objects.csv", keep_default_na=False)

@@ -335,6 +335,7 @@ def test_dataset_yaml_lists_no_empty_test_split(tmp_path):
     assert (out / "test.txt").read_text() == ""  # written (a stale list never survives), not listed
 
 
+@pytest.mark.slow
 def test_labelme_export_keeps_polygons_and_writes_no_float_noise(tmp_path):
     out = convert(MONUSEG, "monuseg", tmp_path / "mon")
     result = export_labelme(out, tmp_path / "lm")

@@ -48,6 +48,7 @@ def test_figure_outputs_and_text_reprs_of_an_executed_notebook(tmp_path):
     assert missing_figures(_write(tmp_path, nb), 1) == []
 
 
+@pytest.mark.slow
 def test_figures_display_as_png_through_ipython_formatters_without_pyplot():
     """In a fresh process with an IPython shell: importing workbench.report registers the PNG
     printer, a study figure formats as image/png, the backend chosen before stays, no pyplot
@@ -72,6 +73,7 @@ print("ok")
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_library_code_never_forces_a_backend_or_draws_with_pyplot():
     offenders = []
     for path in sorted((ROOT / "workbench").rglob("*.py")):

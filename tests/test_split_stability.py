@@ -53,6 +53,7 @@ def split_of(root: Path) -> pd.Series:
 
 
 @pytest.mark.parametrize("group_by", [None, "slide"])
+@pytest.mark.slow
 def test_reimport_after_growth_moves_no_existing_image(tmp_path, capsys, group_by):
     raw = add_images(tmp_path / "raw", FIRST)
     extra = ["--group-by", group_by] if group_by else []
@@ -82,6 +83,7 @@ def test_reimport_after_growth_moves_no_existing_image(tmp_path, capsys, group_b
     assert "off" in printed and "a few images off" in printed  # achieved vs target, said plainly
 
 
+@pytest.mark.slow
 def test_exact_placement_is_not_stable_across_reimports(tmp_path):
     """Why hash placement is the default: exact counts move images when the folder grows."""
     raw = add_images(tmp_path / "raw", FIRST)
@@ -94,6 +96,7 @@ def test_exact_placement_is_not_stable_across_reimports(tmp_path):
     assert (again[first.index] != first).sum() > 0
 
 
+@pytest.mark.slow
 def test_exact_duplicates_never_straddle_splits(tmp_path):
     """Byte copies and a lossless re-encoding under new names share their original's split."""
     raw = add_images(tmp_path / "raw", FIRST[:40])

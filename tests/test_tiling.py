@@ -94,6 +94,7 @@ def test_tiled_bccd_is_a_canonical_dataset_of_patches(bccd, tmp_path):
     assert tiles.info["format"] == "tiles"
 
 
+@pytest.mark.slow
 def test_visibility_threshold_and_empty_tiles(bccd, tmp_path):
     loose = load_dataset(tile_dataset(bccd, tmp_path / "loose", tile=256, min_visibility=0.1))
     strict = load_dataset(tile_dataset(bccd, tmp_path / "strict", tile=256, min_visibility=0.9))

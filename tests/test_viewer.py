@@ -22,6 +22,7 @@ from workbench.inspection.viewer import (
 from workbench.inspection.viewer import Inspector
 
 pytestmark = [
+    pytest.mark.slow,  # napari start-up costs seconds per test: not in the quick loop
     pytest.mark.gui,
     pytest.mark.skipif(not os.environ.get("DISPLAY"),
                        reason="no display: run `make test` (uses xvfb-run) or install xvfb; napari cannot render offscreen"),

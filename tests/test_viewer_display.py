@@ -14,6 +14,8 @@ from workbench.core.images import read_image
 from workbench.inspection.hardcases import DISPLAY_COLOURS
 from workbench.inspection.viewer import EDITED_COLOUR, box_layer_style, contrast_ratio, image_background, readable_on
 
+pytestmark = pytest.mark.slow  # napari start-up costs seconds per test: not in the quick loop
+
 gui = [pytest.mark.gui,
        pytest.mark.skipif(not os.environ.get("DISPLAY"),
                           reason="no display: run `make test` (uses xvfb-run) or install xvfb; napari cannot render offscreen")]
