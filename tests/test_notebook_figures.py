@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
+import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from workbench.studies.notebook_html import external_resources, notebook_html, static_widget_html
