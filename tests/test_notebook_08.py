@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from workbench.inference.dense import MN_PROB_GRID
 from workbench.studies import micronuclei
 from workbench.studies.notebooks import error_names, missing_figures, run_notebook
 
@@ -43,6 +44,15 @@ def test_micronuclei_notebook_smoke(tmp_path):
     assert set(pred["approach"]) <= set(micronuclei.APPROACHES) and (pred["score"] >= 0.01).all()
     study = json.loads((out / "study.json").read_text())
     assert set(study["run_ids"]) == {"native", "upsampled", "p2"} and study["n_true_mn"] == 183
+    dense = study["dense"]  # tuned on training images only (the 2 vendored ones: one for validation)
+    assert dense["status"] == "finished" and set(dense["val_images"]) <= set(study["train_images"])
+    errors = pd.read_csv(out / "mn_errors.csv")
+    assert set(errors["approach"]) == set(micronuclei.APPROACHES) and (errors["n_true_mn"].groupby(errors["approach"]).sum() == 183).all()
+    assert set(pd.read_csv(out / "mn_per_nucleus.csv")["approach"]) == {"truth", *micronuclei.APPROACHES}
+    assert set(pd.read_csv(out / "mn_training.csv")["detector"]) == {"native", "upsampled", "p2", "dense"}
+    assert (out / "mn_dense_worst.png").exists()
+    curve = pd.read_csv(out / "mn_dense_sweep.csv")  # MN re-extracted at each probability of the tuning grid
+    assert curve["prob"].tolist() == list(MN_PROB_GRID) and curve["recall"].between(0, 1).all()
     assert [c["key"] for c in study["cells"]][-1] == "evaluate"
 
 
@@ -113,7 +123,7 @@ def test_one_cell_per_detector_then_the_evaluation(tmp_path):
     study = micronuclei.MicronucleiStudy(profile="smoke", work_dir=tmp_path)
     cells = study.cells()
     assert [c.key for c in cells] == ["mn_native_yolov8n_x1_s0", "mn_upsampled_yolov8n_x2_s0",
-                                      "mn_p2_yolov8n-p2_x1_s0", "evaluate"]
+                                      "mn_p2_yolov8n-p2_x1_s0", "mn_dense_unet-tu-resnet18-d3-16-8-8_s0", "evaluate"]
     assert cells[-1].needs == tuple(c.key for c in cells[:-1])
     assert json.loads(json.dumps([c.to_dict() for c in cells])) == [c.to_dict() for c in cells]  # plain JSON
     # the evaluation finds each detector's run by the path derived from its cell's key

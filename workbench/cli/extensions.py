@@ -8,6 +8,7 @@ import argparse
 from typing import Callable
 
 from workbench.cli import cascade as cli_cascade
+from workbench.cli import dense as cli_dense
 from workbench.cli import grid as cli_grid
 from workbench.cli import inspect as cli_inspect
 from workbench.cli import large as cli_large
@@ -21,4 +22,5 @@ REGISTRY: list[Callable[[argparse._SubParsersAction], None]] = [
     cli_inspect.register,  # napari hard-case queue and label correction
     cli_library.register,  # library levels / compose / add
     cli_grid.register,  # grid / cell: a study's cells as processes (local or Ray)
+    cli_dense.register,  # train-dense / predict-dense: the per-pixel micronucleus detector
 ]

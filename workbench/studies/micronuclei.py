@@ -10,10 +10,12 @@ Approaches, each scored on the same held-out MNFinder validation images:
 * ``guided`` – nucleus-guided search: nuclei from the ``native`` detector, then the
   neighbourhood of each nucleus (nucleus box + ``margin``) cut from the ``scale`` x image,
   packed into canvases (:mod:`workbench.inference.twostage`) and searched by the ``upsampled`` detector;
-  every micronucleus is assigned to its parent nucleus.
+  every micronucleus is assigned to its parent nucleus;
+* ``dense`` – a U-Net predicting background / nucleus / MN per pixel, components -> boxes,
+  thresholds tuned on training images (:mod:`workbench.studies.micronuclei_dense`).
 
-Cells: one per detector to train (``native``, ``upsampled``, ``p2``: those the profile's
-approaches need), then ``evaluate``, which times every approach on the held-out images
+Cells: one per detector to train (``native``, ``upsampled``, ``p2``, ``dense``: those the
+profile's approaches need), then ``evaluate``, which times every approach on the held-out images
 (:func:`workbench.studies.base.time_methods`) and returns the timings and predicted boxes as
 rows; the tables are scored from those rows. The detectors live in a work folder shared with
 notebook 07 (part 2 reuses them when their resolved config matches).
@@ -38,11 +40,14 @@ import pandas as pd
 
 from workbench.core.tables import BOX_COLUMNS, MAX_DET
 from workbench.data import datasets
+from workbench.models.dense import DenseConfig
+from workbench.studies import micronuclei_dense as dense
 from workbench.studies.base import Cell, Profile, Study, register, time_methods
+from workbench.studies.micronuclei_figures import criteria_chart, frequency_scatter
 
 MN, NUCLEUS = "mn", "nucleus"
-NATIVE, UPSAMPLED, P2, GUIDED = "native", "upsampled", "p2", "guided"
-APPROACHES = (NATIVE, UPSAMPLED, P2, GUIDED)
+NATIVE, UPSAMPLED, P2, GUIDED, DENSE = "native", "upsampled", "p2", "guided", dense.DENSE
+APPROACHES = (NATIVE, UPSAMPLED, P2, GUIDED, DENSE)
 EVALUATE = "evaluate"  # the key of the evaluation/timing cell
 TRAIN_TILE_OVERLAP = 0.25  # overlap of the native training tiles (share of the tile side)
 MIN_VISIBILITY = 0.5  # a box cut by a training tile's edge is kept when this share of it is inside
@@ -73,16 +78,22 @@ class MNProfile(Profile):
     repeats: int = 1  # timed passes over the held-out images (median per image), after one warm-up pass
     approaches: tuple[str, ...] = APPROACHES  # approaches compared (guided needs the native and upsampled detectors)
     seed: int = 0  # seed of the tile sample, its train/val split and training
+    dense: DenseConfig = DenseConfig()  # the dense approach's network, crops and training length (its seed: seed)
 
 
 PROFILES = {
     # CI: the 2 vendored training images, one epoch: proves the pipeline, learns nothing
     "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, extra_epochs_upsampled=0, max_tiles=16,
-                       batch=8, guided_canvas=320),
-    # CPU (~30 min on 2 cores): 30 training images of ../shared, 3 validation images
+                       batch=8, guided_canvas=320,
+                       dense=DenseConfig(decoder_channels=(16, 8, 8), crop=64, batch=4, epochs=1, crops_per_epoch=8,
+                                         val_crops=4)),
+    # CPU (~30 min on 2 cores + ~25 min for the dense U-Net's 16 x 512 crops): 30 training images of ../shared,
+    # 3 validation images
     "modest": MNProfile("modest"),
-    # GPU: more tiles and epochs
-    "full": MNProfile("full", epochs=150, extra_epochs_upsampled=0, max_tiles=5000, batch=32, repeats=5),
+    # GPU: more tiles and epochs; a deeper U-Net on many more crops
+    "full": MNProfile("full", epochs=150, extra_epochs_upsampled=0, max_tiles=5000, batch=32, repeats=5,
+                      dense=DenseConfig(encoder="tu-resnet34", encoder_depth=4, decoder_channels=(128, 64, 32, 16),
+                                        batch=64, epochs=100, crops_per_epoch=4096, val_crops=512)),
 }
 
 
@@ -188,7 +199,7 @@ def detector_specs(prof: MNProfile) -> dict[str, tuple[str, int]]:
     for a in prof.approaches:
         if a not in APPROACHES:
             raise ValueError(f"unknown approach {a!r}; known: {APPROACHES}")
-        need |= {NATIVE, UPSAMPLED} if a == GUIDED else {a}
+        need |= {NATIVE, UPSAMPLED} if a == GUIDED else set() if a == DENSE else {a}
     specs = {**DETECTORS, UPSAMPLED: ("yolov8n.yaml", prof.scale)}
     return {k: specs[k] for k in (NATIVE, UPSAMPLED, P2) if k in need}
 
@@ -312,7 +323,7 @@ def make_approaches(prof: MNProfile, dets: dict[str, Any]) -> dict[str, Callable
 
     table = {NATIVE: lambda: tiled(dets[NATIVE]), P2: lambda: tiled(dets[P2]),
              UPSAMPLED: lambda: upsampled, GUIDED: lambda: guided}
-    return {a: table[a]() for a in prof.approaches}
+    return {a: table[a]() for a in prof.approaches if a in table}  # dense: micronuclei_dense.dense_method
 
 
 def canvas_batch(tile_batch: int) -> int:
@@ -401,10 +412,17 @@ class MicronucleiStudy(Study):
     def cells(self) -> list[Cell]:
         dets = [self.cell(self.detector_key(name), detector=name, model=model, scale=scale)
                 for name, (model, scale) in detector_specs(self.profile).items()]
+        dets += [self.cell(dense.dense_key(self.profile), detector=DENSE)] if DENSE in self.profile.approaches else []
         return [*dets, self.cell(EVALUATE, needs=[c.key for c in dets])]
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        if cell.config.get("detector") == DENSE:
+            return dense.train_dense_cell(self.dense_run, self.base, self.profile, device=self.device, log=self.log)
         return self._evaluate() if cell.key == EVALUATE else self._train(cell)
+
+    @property
+    def dense_run(self) -> Path:  # the dense approach's run folder (named by its cell's key)
+        return self.work_dir / "runs" / dense.dense_key(self.profile)
 
     def _train(self, cell: Cell) -> list[dict[str, Any]]:
         """Train (or reuse, when finished with this config) one detector; the upsampled one
@@ -436,34 +454,53 @@ class MicronucleiStudy(Study):
         if UPSAMPLED in dets:  # the same weights on the guided search's larger canvases (same pixel scale)
             dets["search"] = YoloDetector(dets[UPSAMPLED].model, conf=p.conf, imgsz=p.guided_canvas, max_det=MAX_DET,
                                           device=dev)
+        methods, norms = [(a, "", fn) for a, fn in make_approaches(p, dets).items()], [d.normalisation for d in dets.values()]
+        if DENSE in p.approaches:
+            fn, det = dense.dense_method(self.dense_run, device=dev)
+            methods, norms = [*methods, (DENSE, "", fn)], [*norms, det.normalisation]
         # every detector was trained on the same canonical images: one recorded 8-bit mapping
-        images = load_test_images(self.base, self.test_ids, next(iter(dets.values())).normalisation)
-        methods = [(a, "", fn) for a, fn in make_approaches(p, dets).items()]
+        images = load_test_images(self.base, self.test_ids, norms[0])
         per_image, boxes = time_methods(methods, images, repeats=p.repeats, log=self.log)
         per_image = per_image.rename(columns={"method": "approach", "total_s": "time_s"})
         boxes = boxes.rename(columns={"method": "approach"})
-        return measurement_rows(per_image[TIMING_COLUMNS], boxes[PREDICTED_COLUMNS])
+        curve = dense.sweep_rows(det, images, self.gt) if DENSE in p.approaches else []
+        return measurement_rows(per_image[TIMING_COLUMNS], boxes[PREDICTED_COLUMNS]) + curve
+
+    def count_thresholds(self) -> dict[str, float]:
+        """Score from which each approach's boxes count (dense rows: all, already at the tuned point)."""
+        return {a: 0.0 if a == DENSE else self.profile.count_thr for a in self.profile.approaches}
 
     def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
         pred = measured(rows, BOXES, PREDICTED_COLUMNS)
         timing = measured(rows, TIMING, TIMING_COLUMNS)
-        scored = score(self.profile, self.gt, self.true_mn, self.true_nuclei, pred, timing, images=self.test_ids,
-                       approaches=list(self.profile.approaches))
-        return {**scored, "mn_predictions": pred}
+        p, thr = self.profile, self.count_thresholds()
+        scored = score(p, self.gt, self.true_mn, self.true_nuclei, pred, timing, images=self.test_ids,
+                       approaches=list(p.approaches), count_thr=thr)
+        return {**scored, "mn_predictions": pred, "mn_training": dense.training_table(rows),
+                "mn_dense_sweep": dense.sweep_table(rows),
+                "mn_errors": dense.error_table(self.gt, pred, count_thr=thr, images=self.test_ids,
+                                               parent_distance=p.parent_distance),
+                "mn_per_nucleus": dense.per_nucleus_table(pred, self.true_mn, self.true_nuclei, count_thr=thr,
+                                                          parent_distance=p.parent_distance)}
 
     def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+        overlay = dense.worst_overlay(tables["mn_errors"], tables["mn_predictions"], self.gt, lambda i: load_test_images(
+            self.base, [i], dense.run_normalisation(self.dense_run))[i])
         return {"mn_frequency_scatter": frequency_scatter(tables["mn_frequency"]),
-                "mn_criteria": criteria_chart(tables["mn_criteria"])}
+                "mn_criteria": criteria_chart(tables["mn_criteria"]), **overlay}
 
     def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
         p, n_mn, n_nuclei = self.profile, int((self.gt["class"] == MN).sum()), int((self.gt["class"] == NUCLEUS).sum())
         what = {"mn_frequency_scatter": "Predicted vs true MN frequency per image (truth: parents from mask colours; "
                                         f"predictions: nearest nucleus within {p.parent_distance:g} px).",
-                "mn_criteria": "Micronucleus recall and precision per approach under each matching criterion."}[name]
-        runs = ", ".join(self.detector_run(k).name for k in detector_specs(p))
+                "mn_criteria": "Micronucleus recall and precision per approach under each matching criterion.",
+                "mn_dense_worst": "The dense approach's worst held-out image: MN found (blue), spurious (vermillion), "
+                                  "missed (black) at centre <= 3 px, predicted nuclei grey."}[name]
+        runs = ", ".join([self.detector_run(k).name for k in detector_specs(p)]
+                         + ([self.dense_run.name] if DENSE in p.approaches else []))
         return (f"{what} {len(self.test_ids)} held-out MNFinder validation images ({n_mn} MN, "
                 f"{n_nuclei} nuclei); detectors {runs} (seed {p.seed}); profile {p.name}; "
-                f"score >= {p.count_thr:g}. {self.note}").strip()
+                f"score >= {p.count_thr:g} (dense: its tuned thresholds). {self.note}").strip()
 
     def settings(self) -> dict[str, Any]:
         from workbench.evaluation import tiny_matching as tm
@@ -474,14 +511,16 @@ class MicronucleiStudy(Study):
                 "run_ids": {k: r.name for k, r in runs.items()}, "runs": {k: str(r) for k, r in runs.items()},
                 "fingerprints": {k: run_fingerprint(r) for k, r in runs.items()},
                 "criteria": {k: v.label() for k, v in tm.STANDARD.items()}, "work_dir": str(self.work_dir),
+                "dense": dense.dense_summary(self.dense_run) if DENSE in self.profile.approaches else None,
                 "command": f"python -m workbench notebook {self.name} -p profile={self.profile.name}"}
 
 
 def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei: pd.DataFrame, pred: pd.DataFrame,
-          per_image: pd.DataFrame, *, images: list[str],
-          approaches: list[str] | None = None) -> dict[str, pd.DataFrame]:
+          per_image: pd.DataFrame, *, images: list[str], approaches: list[str] | None = None,
+          count_thr: Mapping[str, float] | None = None) -> dict[str, pd.DataFrame]:
     """The study's scored tables from every approach's predictions (``approach`` column) and
-    per-image times (``approach image time_s``), pure:
+    per-image times (``approach image time_s``), pure; ``count_thr`` overrides the profile's
+    ``count_thr`` per approach:
 
     ``mn_study`` (one row per approach, ``SUMMARY_COLUMNS``), ``mn_criteria`` (approach x
     criterion x class: P/R/F1), ``mn_frequency`` (approach x image: true and predicted MN
@@ -497,7 +536,8 @@ def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei:
     rows, crit_parts, freq_parts, clin_parts, sweep_parts = [], [], [], [], []
     for a in approaches or list(dict.fromkeys(pred["approach"])):
         p = pred[pred["approach"] == a].drop(columns="approach").reset_index(drop=True)
-        crit = tm.prf_by_criterion(gt, p, tm.STANDARD, classes=[MN, NUCLEUS], score_thr=prof.count_thr)
+        thr = (count_thr or {}).get(a, prof.count_thr)
+        crit = tm.prf_by_criterion(gt, p, tm.STANDARD, classes=[MN, NUCLEUS], score_thr=thr)
         crit_parts.append(crit.assign(approach=a))
         any_score = tm.prf(gt, p, tm.TINY_DEFAULTS, score_thr=prof.conf).set_index("class")
         sweep_parts.append(mn_sweep(gt, p, thresholds=SWEEP_THRESHOLDS).assign(approach=a))
@@ -506,11 +546,10 @@ def score(prof: MNProfile, gt: pd.DataFrame, true_mn: pd.DataFrame, true_nuclei:
         def get(criterion: str, cls: str, col: str) -> float:
             return float(c.loc[(criterion, cls), col]) if (criterion, cls) in c.index else float("nan")
 
-        _, _, freq = mnx.per_cell_outputs(p, max_distance=prof.parent_distance, score_thr=prof.count_thr,
-                                          images=images)
+        _, _, freq = mnx.per_cell_outputs(p, max_distance=prof.parent_distance, score_thr=thr, images=images)
         comp = mnx.frequency_comparison(freq, true_freq).assign(approach=a)
         freq_parts.append(comp)
-        kept = p[p["score"] >= prof.count_thr]
+        kept = p[p["score"] >= thr]
         counts = tm.clinical_counts(gt, kept, positive=MN, criteria=tm.TINY_DEFAULTS, images=images)
         rates = clinical.pass_fail(clinical.rates_from_counts(counts, n_boot=N_BOOT, seed=prof.seed), "micronuclei")
         clin_parts.append(rates.assign(approach=a, matching=str(tm.describe(tm.TINY_DEFAULTS))))
@@ -553,48 +592,10 @@ def mn_sweep(gt: pd.DataFrame, pred: pd.DataFrame, *, thresholds: tuple[float, .
 
 
 def goal(table: pd.DataFrame, *, recall: float = 0.9, precision: float = 0.8) -> pd.DataFrame:
-    """Each approach against the issue's goal: MN recall >= 0.9 at precision >= 0.8 (centre <= 3 px)."""
+    """Each approach against the issue's goal: MN recall >= 0.9 at precision >= 0.8 (centre <= 3 px),
+    with how far each is below it (0 where reached)."""
     out = table[["approach", "mn_recall_centre3", "mn_precision_centre3"]].copy()
+    out["recall_short"] = (recall - out["mn_recall_centre3"]).clip(lower=0)
+    out["precision_short"] = (precision - out["mn_precision_centre3"]).clip(lower=0)
     out["meets_goal"] = (out["mn_recall_centre3"] >= recall) & (out["mn_precision_centre3"] >= precision)
     return out
-
-
-# ----------------------------------------------------------------------------- figures
-
-def frequency_scatter(freq: pd.DataFrame, *, title: str = "MN frequency per image: predicted vs true"):
-    """Predicted against true MN frequency, one marker per approach and image, identity line
-    (a ``matplotlib.figure.Figure``, no pyplot state)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(5, 5))
-    ax = fig.subplots()
-    for a, g in freq.groupby("approach", sort=False):
-        ax.scatter(g["true_mn_frequency"], g["pred_mn_frequency"], label=a, s=45, edgecolor="k", alpha=0.8)
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="identity")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="true MN frequency (cells with >= 1 MN / cells)",
-           ylabel="predicted MN frequency", title=title)
-    ax.set_aspect("equal")
-    ax.legend(fontsize=8, loc="upper left")
-    return fig
-
-
-def criteria_chart(criteria: pd.DataFrame, *, cls: str = MN, title: str = "Micronuclei: recall and precision by matching criterion"):
-    """Recall and precision of ``cls`` per approach, one group of bars per criterion (a Figure)."""
-    from matplotlib.figure import Figure
-
-    t = criteria[criteria["class"] == cls]
-    names = list(dict.fromkeys(t["criterion"]))
-    approaches = list(dict.fromkeys(t["approach"]))
-    fig = Figure(figsize=(10, 3.8))
-    axes = fig.subplots(1, 2, sharey=True)
-    width = 0.8 / max(len(approaches), 1)
-    for ax, metric in zip(axes, ("recall", "precision")):
-        for k, a in enumerate(approaches):
-            v = t[t["approach"] == a].set_index("criterion").reindex(names)[metric].fillna(0)
-            ax.bar(np.arange(len(names)) + k * width, v.to_numpy(), width, label=a)
-        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names)
-        ax.set(title=metric, ylim=(0, 1))
-    axes[0].set_ylabel(cls)
-    axes[1].legend(fontsize=8)
-    fig.suptitle(title)
-    return fig
