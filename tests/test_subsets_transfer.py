@@ -35,13 +35,29 @@ def test_subsets_are_nested_deterministic_and_leave_the_source_alone(bccd_canoni
         choose(meta, keep={"test": 0.5}, seed=0)
 
 
-def test_equal_compute_counts_pretraining_in_target_images_seen():
+def test_equal_compute_counts_pretraining_in_target_pixels_seen():
     prof = TransferProfile("t", pretrain_epochs=8, finetune_epochs=5)
     # 8 pretraining epochs over 60 source tiles = 480 images = 10 epochs over 48 target images
     assert equal_compute_epochs(prof, 60, 48) == 5 + 10
     assert equal_compute_epochs(prof, 61, 48) == 5 + 11  # rounded up: never less compute
     with pytest.raises(ValueError):
         equal_compute_epochs(prof, 60, 0)
+    # pixels, not images: source patches at half the target side cost a quarter each
+    prof = TransferProfile("t", imgsz=640, pretrain_epochs=8, finetune_epochs=5)
+    assert equal_compute_epochs(prof, 60, 48, source_imgsz=320) == 5 + 3  # 480 / 4 / 48 = 2.5 -> 3
+    assert equal_compute_epochs(prof, 60, 48, source_imgsz=640) == 5 + 10
+
+
+def test_cells_run_the_headline_first_and_respect_the_seed_subsets(tmp_path):
+    from workbench.studies.pretrain_vs_scratch import PretrainVsScratchStudy
+
+    study = PretrainVsScratchStudy("bccd", profile="cpu", out_dir=tmp_path, device="cpu")
+    cells = [(c.config["arm"], c.config["seed"], c.config["fraction"]) for c in study.cells()]
+    assert cells[:6] == [(arm, seed, 1.0) for seed in (0, 1, 2) for arm in (SCRATCH, FINETUNE)]
+    assert [c for c in cells if c[0] == EQUAL] == [(EQUAL, 0, 1.0)]
+    below = [c for c in cells if c[2] < 1.0]
+    assert {c[1] for c in below} == {0} and len(below) == 6
+    assert cells.index(below[0]) > cells.index((EQUAL, 0, 1.0))
 
 
 def test_headline_adds_the_spread_over_seeds():
@@ -115,8 +131,8 @@ def test_cells_one_per_arm_seed_and_fraction_fine_tune_needs_its_seeds_pretraini
     cells = study.cells()
     keys = [c.key for c in cells]
     assert len(keys) == len(set(keys)) == 2 * (1 + 2 * 2 + 1)  # per seed: pretrain, 2 arms x 2 fractions, equal
-    assert keys[:6] == ["pretrain_f100_s0", "scratch_f50_s0", "fine-tune_f50_s0", "scratch_f100_s0",
-                        "fine-tune_f100_s0", "scratch-eq_f100_s0"]
+    assert keys[:8] == ["pretrain_f100_s0", "pretrain_f100_s1", "scratch_f100_s0", "fine-tune_f100_s0",
+                        "scratch_f100_s1", "fine-tune_f100_s1", "scratch-eq_f100_s0", "scratch-eq_f100_s1"]
     for c in cells:
         json.dumps(c.to_dict())  # plain JSON, runnable elsewhere
         assert c.needs == ((f"pretrain_f100_s{c.config['seed']}",) if c.config["arm"] == FINETUNE else ())

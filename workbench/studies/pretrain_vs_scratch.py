@@ -9,8 +9,9 @@ Arms, each trained with every seed of the profile:
 * ``fine-tune`` – initialised from the pretrained weights (matching layers; the class head
   is new), trained on the target set for the same number of epochs as ``scratch``;
 * ``scratch, equal compute`` – scratch trained for as many *extra* epochs as the
-  pretraining cost, counted in images seen: ``ceil(pretrain_epochs * n_source_train /
-  n_target_train)``, so the comparison is not won by compute alone;
+  pretraining cost, counted in pixels seen (a detector's compute grows with image area):
+  ``ceil(pretrain_epochs * n_source_train * (source_imgsz / imgsz)**2 / n_target_train)``,
+  so the comparison is not won by compute alone;
 * label efficiency – ``fine-tune`` and ``scratch`` on nested subsets of the target training
   images (fractions of the profile).
 
@@ -67,6 +68,7 @@ class TransferProfile(Profile):
     source_model: str | None = None  # a finished source run folder (e.g. data/models/monuseg_yolov8n) to fine-tune
     #   from, shared by every seed, instead of pretraining per seed; None: pretrain in the study
     fraction_seeds: tuple[int, ...] | None = None  # seeds of the label-efficiency runs (fractions < 1); None: all seeds
+    equal_seeds: tuple[int, ...] | None = None  # seeds of the equal-compute arm; None: all seeds
     test_fraction: float = 0.5  # share of the target's val images held out as test when it ships no test split
     n_boot: int = 1000  # bootstrap resamples over test images for the intervals (0: none)
 
@@ -77,23 +79,29 @@ PROFILES = {
                              fractions=(0.5, 1.0), target_train=16, target_val=8, source_tile=256, batch=8),
     # 2 CPU cores: what is known to learn here (yolov8n, BCCD at 416 px, batch 16, 20 epochs ~ 15 min per run;
     # smaller sets or batches do not learn platelets). The committed MoNuSeg source model is shared by the
-    # three seeds (pretraining it took 30 epochs, ~12 min on idle cores); equal compute adds its images
-    # seen (30 x 128 patches / ~160 target images = 24 epochs). 3 seeds x (scratch 20 + fine-tune 20 +
-    # equal compute 44 epochs) + label efficiency (10/25/50 %, seed 0, both arms): ~4 h on 2 idle cores.
+    # three seeds (pretraining it took 30 epochs, ~12 min on idle cores); equal compute adds its pixels
+    # seen (30 x 128 patches at 320 px / 205 target images at 416 px = 12 epochs). 3 seeds x (scratch 20 +
+    # fine-tune 20) + equal compute 32 epochs (seed 0) + label efficiency (10/25/50 %, seed 0, both arms):
+    # ~2.3 h on 2 idle cores. The cells run headline first (every seed at 100 %), so a partial run still
+    # answers the main question.
     "cpu": TransferProfile("cpu", imgsz=416, finetune_epochs=20, seeds=(0, 1, 2), fractions=(0.1, 0.25, 0.5, 1.0),
                            batch=16, source_model="data/models/monuseg_yolov8n", pretrain_epochs=30,
-                           source_tile=320, fraction_seeds=(0,)),
+                           source_tile=320, fraction_seeds=(0,), equal_seeds=(0,)),
     # a GPU: all data, 640 px, three seeds, the full label-efficiency curve
     "full": TransferProfile("full", imgsz=640, pretrain_epochs=100, finetune_epochs=100,
                             source_tile=640, full_source=True),
 }
 
 
-def equal_compute_epochs(profile: TransferProfile, n_source_train: int, n_target_train: int) -> int:
-    """Epochs for the equal-compute scratch arm (see the module docstring)."""
+def equal_compute_epochs(profile: TransferProfile, n_source_train: int, n_target_train: int,
+                         source_imgsz: int | None = None) -> int:
+    """Epochs for the equal-compute scratch arm: the fine-tune epochs plus the pretraining's pixels seen
+    (``source_imgsz``, default the profile's ``imgsz``) in target epochs, rounded up (see the module docstring)."""
     if n_target_train < 1:
         raise ValueError("the target training split is empty")
-    return profile.finetune_epochs + math.ceil(profile.pretrain_epochs * n_source_train / n_target_train)
+    area = ((source_imgsz or profile.imgsz) / profile.imgsz) ** 2
+    # the small epsilon keeps an exact ratio (e.g. 60 / 48 * 8 = 10.000000000000002) from rounding up
+    return profile.finetune_epochs + math.ceil(profile.pretrain_epochs * n_source_train * area / n_target_train - 1e-9)
 
 
 def run_key(arm: str, seed: int, fraction: float) -> str:
@@ -163,20 +171,23 @@ class PretrainVsScratchStudy(Study):
         self.targets = prepare_target(self.dataset, self.profile, cache, fmt=self.fmt, seeds=self.profile.seeds)
 
     def cells(self) -> list[Cell]:
+        # headline first (every seed at 100 %), then equal compute, then label efficiency: a run cut short
+        # (or a grid still going) has answered the main question before the curves
         p, out = self.profile, []
-        for seed in p.seeds:
-            pre = run_key(PRETRAIN, seed, 1.0)
-            if p.source_model is None:
-                out.append(self.cell(pre, arm=PRETRAIN, seed=seed, fraction=1.0))
-            for frac in p.fractions:
-                frac = min(float(frac), 1.0)
-                if frac < 1.0 and p.fraction_seeds is not None and seed not in p.fraction_seeds:
-                    continue
+        pre = {seed: run_key(PRETRAIN, seed, 1.0) for seed in p.seeds}
+        if p.source_model is None:
+            out += [self.cell(pre[seed], arm=PRETRAIN, seed=seed, fraction=1.0) for seed in p.seeds]
+        needs = {seed: [] if p.source_model else [pre[seed]] for seed in p.seeds}
+        fracs = sorted({min(float(f), 1.0) for f in p.fractions}, reverse=True)
+        for frac in fracs:
+            seeds = [s for s in p.seeds if frac >= 1.0 or p.fraction_seeds is None or s in p.fraction_seeds]
+            for seed in seeds:
                 out.append(self.cell(run_key(SCRATCH, seed, frac), arm=SCRATCH, seed=seed, fraction=frac))
-                out.append(self.cell(run_key(FINETUNE, seed, frac), needs=[] if p.source_model else [pre],
+                out.append(self.cell(run_key(FINETUNE, seed, frac), needs=needs[seed],
                                      arm=FINETUNE, seed=seed, fraction=frac))
-                if p.equal_compute and frac >= 1.0:
-                    out.append(self.cell(run_key(EQUAL, seed, frac), arm=EQUAL, seed=seed, fraction=frac))
+            if p.equal_compute and frac >= 1.0:
+                out += [self.cell(run_key(EQUAL, seed, frac), arm=EQUAL, seed=seed, fraction=frac)
+                        for seed in p.seeds if p.equal_seeds is None or seed in p.equal_seeds]
         return out
 
     def run_dir(self, key: str) -> Path:
@@ -191,7 +202,7 @@ class PretrainVsScratchStudy(Study):
         ds = self.source if arm == PRETRAIN else self.targets[(seed, frac)]
         epochs = p.pretrain_epochs if arm == PRETRAIN else p.finetune_epochs
         if arm == EQUAL:
-            epochs = equal_compute_epochs(p, self.source_train_images(), n_train(ds))
+            epochs = equal_compute_epochs(p, self.source_train_images(), n_train(ds), self.source_imgsz())
         pretrained = None
         if arm == FINETUNE:
             pretrained = self.source_weights(cell)
@@ -225,6 +236,14 @@ class PretrainVsScratchStudy(Study):
 
             return int(read_run_record(resolve_source(self.profile.source_model))["dataset"]["images"]["train"])
         return n_train(self.source)
+
+    def source_imgsz(self) -> int:
+        """Image size the pretraining trained at (the committed source model's, else the profile's)."""
+        if self.profile.source_model is not None:
+            from workbench.models.runs import read_run_record
+
+            return int(read_run_record(resolve_source(self.profile.source_model))["config"]["imgsz"])
+        return self.profile.imgsz
 
     def _final_metrics(self, run_dir: Path, dataset: Path, *, split: str = "test") -> dict[str, Any]:
         """Scores of the run's best weights (chosen on val) on ``split`` (test for every target run), by
@@ -291,8 +310,8 @@ class PretrainVsScratchStudy(Study):
         test_n = int(runs["test_images"].max()) if "test_images" in runs and len(runs) else 0
         return (f"{what} Pretrain (MoNuSeg H&E nuclei) vs scratch on {Path(self.dataset).name}: fine-tune starts "
                 f"from {source}. Profile {p.name}: {p.model}, {p.imgsz} px, batch {p.batch or 'auto'}, "
-                f"{p.finetune_epochs} epochs; equal-compute scratch adds the pretraining's images seen; seeds "
-                f"{list(p.seeds)}. Test split: {test_n} images held out of val, seen by no training, early stopping "
+                f"{p.finetune_epochs} epochs; equal-compute scratch adds the pretraining's pixels seen"
+                f"{f' (seeds {list(p.equal_seeds)})' if p.equal_seeds is not None else ''}; seeds {list(p.seeds)}. Test split: {test_n} images held out of val, seen by no training, early stopping "
                 f"or checkpoint choice; scored by workbench.evaluation.metrics (equal to pycocotools). Runs: "
                 f"{', '.join(runs['run_id'])}; dataset fingerprints (sha256, first 12): "
                 f"{', '.join(sorted(set(runs['dataset_sha256'])))}.")
