@@ -74,3 +74,24 @@ def test_all_cpu_threads_uses_every_cpu_inside_and_restores_after():
             assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_training_gets_every_core_back_from_ultralytics():
+    """ultralytics leaves torch at cpu_count - 1 threads while it trains on CPU without loader workers;
+    the training callback gives the process every core (and only on CPU)."""
+    import types
+
+    import torch
+
+    from workbench.core.device import cpu_count
+    from workbench.models.yolo import _all_threads_on_cpu
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _all_threads_on_cpu(types.SimpleNamespace(device=torch.device("cuda", 0)))
+        assert torch.get_num_threads() == 1
+        _all_threads_on_cpu(types.SimpleNamespace(device=torch.device("cpu")))
+        assert torch.get_num_threads() == cpu_count()
+    finally:
+        torch.set_num_threads(before)

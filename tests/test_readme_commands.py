@@ -192,7 +192,7 @@ def trained(tmp_path_factory):
     """The README's train line on tiny real BCCD (1 epoch at 64 px instead of 100 at 640)."""
     tmp = tmp_path_factory.mktemp("readme_models")
     ds = tiny_bccd(tmp / "bccd", n_train=6, n_val=4)
-    argv = readme_argv("python -m workbench train", contains="--model",
+    argv = readme_argv("python -m workbench train", contains="W.pt",
                        subs={"DIR": str(ds), "W.pt": str(tmp / "none.pt")},
                        options={"--epochs": "1", "--imgsz": "64"})
     argv = argv[:argv.index("--pretrained")] + argv[argv.index("--pretrained") + 2:]  # trained below from these
@@ -207,7 +207,7 @@ def test_train_predict_evaluate(trained, monkeypatch):
     monkeypatch.chdir(tmp)
     assert json.loads((run / "run.json").read_text())["status"] == "finished"
     # --pretrained W.pt: a local weights file (here the run just trained)
-    argv = readme_argv("python -m workbench train", contains="--model",
+    argv = readme_argv("python -m workbench train", contains="W.pt",
                        subs={"DIR": str(ds), "W.pt": str(run / "weights" / "best.pt")},
                        options={"--epochs": "1", "--imgsz": "64"})
     assert main([*argv, "--runs-root", str(tmp / "runs"), "--name", "det_pre", "--workers", "0"]) == 0
@@ -309,7 +309,7 @@ def test_make_demo(tmp_path):
     done = run_make("demo", "ONLY=01_dataset_audit__bccd", f"OUT={tmp_path}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     index = (tmp_path / "index.html").read_text()
-    assert "class_counts.png" in index and "class='shows'" in index and "smoke profile" in index
+    assert "class_counts.png" in index and "class='shows'" in index and "vendored data as shipped" in index
     page = tmp_path / "01_dataset_audit__bccd" / "01_dataset_audit.html"
     assert external_resources(page.read_text()) == [] and "data:image/png;base64," in page.read_text()
     assert _mode(page) & 0o044 == 0o044 and _mode(tmp_path / "index.html") & 0o044 == 0o044

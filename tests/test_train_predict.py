@@ -218,7 +218,7 @@ def test_cuda_training_uses_amp_without_download(data, tmp_path, monkeypatch):
 
 def test_prediction_table_on_a_dataset_split(run, data):
     df = pr.predict(run[0], data, split="val", conf=0.001)
-    assert list(df.columns) == pr.COLUMNS
+    assert list(df.columns) == tables.PREDICTION_COLUMNS
     assert len(df) > 0  # an untrained model still gives low-score boxes at conf 0.001
     val_ids = set(load_dataset(data).images.query("split == 'val'")["image_id"])
     assert set(df["image"]) <= val_ids
@@ -260,7 +260,7 @@ def test_sixteen_bit_and_grey_images(run, tmp_path):
     grey16 = (np.linspace(0, 4000, 160 * 160).reshape(160, 160)).astype(np.uint16)
     Image.fromarray(grey16).save(tmp_path / "g16.png")
     df = pr.predict(run[0], tmp_path, conf=0.001)
-    assert set(df["image"]) <= {"g16"} and list(df.columns) == pr.COLUMNS
+    assert set(df["image"]) <= {"g16"} and list(df.columns) == tables.PREDICTION_COLUMNS
 
 
 def test_prediction_source_errors(run, data, tmp_path):

@@ -405,9 +405,24 @@ def resume_run(run_dir: str | Path, *, device: str | None = None, workers: int |
     return run_dir
 
 
+def _all_threads_on_cpu(trainer) -> None:
+    """ultralytics trains on CPU with ``workers=0`` (loading in the main process) but sets torch to
+    ``cpu_count - 1`` threads, a core kept free for loaders it does not start: on a 2-core machine
+    training ran on one core. Every CPU of the process is given back when training starts."""
+    import torch
+
+    from workbench.core.device import cpu_count
+
+    if getattr(trainer.device, "type", "") == "cpu":
+        torch.set_num_threads(cpu_count())
+
+
 def _run(yolo, run_dir: Path, args: dict[str, Any], imgsz: int) -> None:
     """Call ultralytics, then finish the record whatever happened (and re-raise on failure)."""
-    start = time.perf_counter()
+    import torch
+
+    start, threads = time.perf_counter(), torch.get_num_threads()
+    yolo.add_callback("on_pretrain_routine_start", _all_threads_on_cpu)
     try:
         with _no_download_amp_check():
             yolo.train(**args)
@@ -416,6 +431,8 @@ def _run(yolo, run_dir: Path, args: dict[str, Any], imgsz: int) -> None:
         _finish(run_dir, yolo, status, time.perf_counter() - start, imgsz,
                 error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        torch.set_num_threads(threads)
     _finish(run_dir, yolo, "finished", time.perf_counter() - start, imgsz)
 
 
