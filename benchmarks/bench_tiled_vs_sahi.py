@@ -18,7 +18,7 @@ ratio to SAHI's defaults, recall and precision at IoU 0.5 over all boxes kept (s
 ``--conf``), mAP50 (workbench.evaluation.metrics), boxes vs true nuclei. Every network attempt is
 refused and counted (SAHI and ultralytics must work offline).
 
-    python benchmarks/bench_tiled_vs_sahi.py                      # modest profile's detector
+    python benchmarks/bench_tiled_vs_sahi.py                      # cpu profile's detector
     python benchmarks/bench_tiled_vs_sahi.py --run outputs/.../runs/<run> --repeats 5
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def measure(arms: dict, images: dict[str, np.ndarray], repeats: int) -> dict[str
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--profile", default="modest", help="large-image study profile whose detector to use")
+    ap.add_argument("--profile", default="cpu", help="large-image study profile whose detector to use")
     ap.add_argument("--run", help="a run folder or weights file instead of the profile's detector")
     ap.add_argument("--slice", type=int, default=None, help="slice size (default: the profile's patch)")
     ap.add_argument("--overlap", type=float, default=0.2)

@@ -64,6 +64,7 @@ def shared_data() -> Path:
 GUARDED: dict[str, dict[str, str]] = {  # module -> {attribute ("Class.method" allowed): what it does}
     "workbench.models.yolo": {"train": "trains a model"},
     "workbench.models.classifier": {"train_classifier": "trains a model"},
+    "workbench.models.dense": {"train_dense": "trains a model"},
     "workbench.studies.notebooks": {"run_notebook": "executes a notebook"},
     "papermill.execute": {"execute_notebook": "executes a notebook"},
     # ultralytics itself, so a direct YOLO(...).train() or trainer.train() is caught as well

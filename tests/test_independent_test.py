@@ -153,7 +153,8 @@ def test_every_study_names_its_profiles_the_same_way():
     from workbench.studies import large_images, micronuclei, model_size, style_levels
     from workbench.studies.base import pick
 
-    for profiles in (it.PROFILES, model_size.PROFILES, style_levels.PROFILES):
+    for profiles in (it.PROFILES, model_size.PROFILES, style_levels.PROFILES, large_images.PROFILES,
+                     micronuclei.PROFILES):
         assert {"smoke", "cpu", "full"} <= set(profiles) and "modest" not in profiles  # cpu replaced modest
     assert set(it.PROFILES) == {"smoke", "cpu", "demo", "full"}  # demo: make demo's short real model
     for profiles in (it.PROFILES, large_images.PROFILES, micronuclei.PROFILES):

@@ -148,10 +148,10 @@ def test_part_2_runs_notebook_08s_own_detector_cells_in_its_work_folder(tmp_path
     from workbench.studies.base import Cell
     from workbench.studies.large_images import PROFILES, LargeImagesStudy
 
-    study = LargeImagesStudy(profile="modest", work_dir=tmp_path)
+    study = LargeImagesStudy(profile="cpu", work_dir=tmp_path)
     cells = study.cells()
     assert [c.key for c in cells[:2]] == ["nuclei_yolov8n_p256_s0", "timing"]
-    mn = micronuclei.MicronucleiStudy(profile=replace(micronuclei.PROFILES["modest"], approaches=("guided",)),
+    mn = micronuclei.MicronucleiStudy(profile=replace(micronuclei.PROFILES["cpu"], approaches=("guided",)),
                                       work_dir=tmp_path / "micronuclei")
     expected = [c for c in mn.cells() if c.key != "evaluate"]
     wrapped = [Cell.from_dict(c.config["detector_cell"]) for c in cells if "detector_cell" in c.config]
@@ -164,7 +164,7 @@ def test_part_2_runs_notebook_08s_own_detector_cells_in_its_work_folder(tmp_path
     assert again.mn.work_dir == study.mn.work_dir
     assert [c.to_dict() for c in again.cells()] == [c.to_dict() for c in cells]
     # without a work folder, part 2 uses notebook 08's default one: the two notebooks share detectors
-    assert LargeImagesStudy(profile="modest").mn.work_dir == micronuclei.MicronucleiStudy(profile="modest").work_dir
+    assert LargeImagesStudy(profile="cpu").mn.work_dir == micronuclei.MicronucleiStudy(profile="cpu").work_dir
     assert [c.key for c in LargeImagesStudy(profile="smoke", micronuclei=False).cells()] == [
         "nuclei_yolov8n_p256_s0", "timing"]
-    assert PROFILES["modest"].train_batch == 16 and PROFILES["modest"].batch == 16  # training vs inference batch
+    assert PROFILES["cpu"].train_batch == 16 and PROFILES["cpu"].batch == 16  # training vs inference batch

@@ -128,10 +128,10 @@ def test_one_cell_per_detector_then_the_evaluation(tmp_path):
     assert json.loads(json.dumps([c.to_dict() for c in cells])) == [c.to_dict() for c in cells]  # plain JSON
     # the evaluation finds each detector's run by the path derived from its cell's key
     assert study.detector_run("native") == tmp_path / "runs" / cells[0].key
-    modest = micronuclei.MicronucleiStudy(profile="modest", work_dir=tmp_path)
-    assert modest.detector_run("upsampled").name == "mn_upsampled_yolov8n_x3_s0_plus16"  # the continued run
-    guided = micronuclei.MicronucleiStudy(profile=replace(modest.profile, approaches=("guided",)), work_dir=tmp_path)
-    assert [c.key for c in guided.cells()] == [c.key for c in modest.cells()[:2]] + ["evaluate"]
+    cpu = micronuclei.MicronucleiStudy(profile="cpu", work_dir=tmp_path)
+    assert cpu.detector_run("upsampled").name == "mn_upsampled_yolov8n_x3_s0_plus16"  # the continued run
+    guided = micronuclei.MicronucleiStudy(profile=replace(cpu.profile, approaches=("guided",)), work_dir=tmp_path)
+    assert [c.key for c in guided.cells()] == [c.key for c in cpu.cells()[:2]] + ["evaluate"]
     with pytest.raises(ValueError, match="mnfinder only"):
         micronuclei.MicronucleiStudy("bccd")
 
@@ -139,8 +139,8 @@ def test_one_cell_per_detector_then_the_evaluation(tmp_path):
 def test_detectors_are_shared_with_notebook_07_by_default():
     from workbench.core.paths import outputs_dir
 
-    study = micronuclei.MicronucleiStudy(profile="modest", out_dir="/tmp/elsewhere")
-    assert study.work_dir == outputs_dir() / "micronuclei" / "modest"
+    study = micronuclei.MicronucleiStudy(profile="cpu", out_dir="/tmp/elsewhere")
+    assert study.work_dir == outputs_dir() / "micronuclei" / "cpu"
     assert study.results_dir == Path("/tmp/elsewhere") / "results"
 
 

@@ -62,7 +62,7 @@ def _cell(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     g = sub.add_parser("grid", help="run a study's cells as processes, on this machine or a Ray cluster")
     g.add_argument("study", help="notebook name, e.g. 04_model_size")
-    g.add_argument("--profile", default="smoke", help="the study's profile (smoke, modest, full, ...)")
+    g.add_argument("--profile", default="smoke", help="the study's profile (smoke, cpu, full, ...)")
     g.add_argument("--dataset", default=None, help="vendored dataset name or a raw folder (+ --fmt); default: the study's")
     g.add_argument("--fmt", help="format of a raw dataset folder")
     g.add_argument("--device", help="study device: auto (default), cpu, cuda (cells get their GPUs from the engine)")

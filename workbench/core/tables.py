@@ -8,14 +8,12 @@ atomically.
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-from workbench.core.atomic import write_text
+from workbench.core.atomic import new_file, write_text
 
 PREDICTION_COLUMNS = ["image", "x1", "y1", "x2", "y2", "class", "score"]
 BOX_COLUMNS = ["x1", "y1", "x2", "y2", "class", "score"]  # one image's detections (no ``image``)
@@ -62,18 +60,12 @@ def write_predictions(df: pd.DataFrame, path: str | Path) -> Path:
         return write_text(path, df.to_csv(index=False))
     if suffix != ".parquet":
         raise ValueError(f"{path}: write predictions as .csv or .parquet")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with new_file(path) as tmp:
+            df.to_parquet(tmp, index=False)
     except ImportError as exc:
         raise ImportError(f"{path}: writing Parquet needs pyarrow (pip install pyarrow), "
                           f"or write .csv ({exc})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

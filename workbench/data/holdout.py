@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from workbench.core.atomic import write_text
 from workbench.data.canonical import read_classes, read_meta, save_meta
 from workbench.data.subsets import subset_dataset
 from workbench.data.splits import hold_out
+
+DATA_SEED = 0  # seed of every study's held-out test split and caps: models' seeds never move test images
 
 
 def with_test_split(src: str | Path, out: str | Path, *, source: str = "val", fraction: float = 0.5,
@@ -44,3 +47,27 @@ def with_test_split(src: str | Path, out: str | Path, *, source: str = "val", fr
     info["hold_out"] = record
     write_text(info_path, json.dumps(info, indent=2, default=str) + "\n")
     return out
+
+
+def held_out_dataset(dataset: str | Path, work: str | Path, *, test_fraction: float = 0.5,
+                     caps: Mapping[str, float | int] | Sequence[tuple[str, float | int]] = (),
+                     tag: str = "capped", fmt: str | None = None) -> Path:
+    """A study's copy of ``dataset`` (a vendored name or a raw folder, imported by
+    :func:`workbench.data.datasets.prepare`) with an independent test split, under ``work``:
+    ``test_fraction`` of val held out as test when it ships none (:func:`with_test_split`,
+    recorded in the copy's ``dataset.json``), then capped per split by ``caps`` (a share or a
+    count of images; ``1.0`` keeps all) in a copy named by ``tag`` (e.g. the profile).
+
+    The split and the caps use :data:`DATA_SEED`. Idempotent: an existing copy is reused."""
+    from workbench.data import datasets
+
+    work = Path(work)
+    held = with_test_split(datasets.prepare(dataset, fmt=fmt), work / f"{Path(str(dataset)).name}_heldout",
+                           fraction=test_fraction, seed=DATA_SEED)
+    keep = {split: n for split, n in dict(caps).items() if n != 1.0}
+    if not keep:
+        return held
+    capped = work / f"{held.name}_{tag}"
+    if not (capped / "meta.csv").exists():
+        subset_dataset(held, capped, keep=keep, seed=DATA_SEED, overwrite=True)
+    return capped

@@ -24,9 +24,7 @@ CPU.
 from __future__ import annotations
 
 import math
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from workbench.core.atomic import write_text
+from workbench.core.atomic import new_file, write_text
 from workbench.core.tables import utc_now
 from workbench.models.balance import balance_indices
 from workbench.models.crops import CropSet, CropSpec, gt_crops
@@ -192,15 +190,8 @@ def _evaluate(clf: Classifier, crops: CropSet, *, batch: int) -> dict[str, float
 
 
 def _save_weights(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with new_file(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def train_classifier(dataset: str | Path, *, arch: str = DEFAULT_ARCH, classes: Sequence[str] | None = None,

@@ -66,7 +66,7 @@ class Profile:
     """The fields every study profile has; each study's profile subclasses this and documents
     every field it adds with a comment where the field is declared."""
 
-    name: str  # smoke (CI: proves the pipeline), modest/cpu (2 CPU cores), full (a GPU)
+    name: str  # smoke (CI: proves the pipeline), cpu (2 CPU cores: answers the study's question), full (a GPU)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(asdict(self))

@@ -1,7 +1,7 @@
 """Study grids: a study's cells run as separate processes (on this machine or a Ray cluster),
 each idempotent, its result gathered into ``grid.csv`` as soon as it finishes.
 
-``python -m workbench grid 04_model_size --profile modest --vary seed=0,1`` is
+``python -m workbench grid 04_model_size --profile cpu --vary seed=0,1`` is
 :func:`run_grid`; notebooks keep running the same cells in-process (:meth:`Study.run`) or read
 a grid that already ran (:meth:`Study.result_from_grid`, :func:`grid_result`). A grid folder::
 

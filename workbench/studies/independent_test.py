@@ -33,10 +33,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.core.paths import POSITIVE_CLASSES
+from workbench.data.holdout import DATA_SEED, held_out_dataset
 from workbench.studies.base import Cell, Profile, Study, register
 
 SYSTEMS = ("detector-only", "cascade")
-DATA_SEED = 0  # the held-out split and the capped subsets stay the same whatever the models' seed
 CASCADE_DETECTOR = "cascade_detector"  # run.json key: the detector a classifier's thresholds were frozen for
 STAT_FIGURES = ("class_share", "counts_per_image", "positive_ratio", "cell_size", "neighbourhood")
 
@@ -100,8 +101,8 @@ PROFILES = {
 
 # What counts as positive / normal, and which quality preset applies, per named dataset.
 TASKS: dict[str, dict[str, Any]] = {
-    "bccd": {"positive": ["WBC", "Platelets"], "normal": ["RBC"], "preset": "chromosome_aberrations"},
-    "mnfinder": {"positive": ["mn"], "normal": ["nucleus"], "preset": "micronuclei"},
+    "bccd": {"positive": list(POSITIVE_CLASSES["bccd"]), "normal": ["RBC"], "preset": "chromosome_aberrations"},
+    "mnfinder": {"positive": list(POSITIVE_CLASSES["mnfinder"]), "normal": ["nucleus"], "preset": "micronuclei"},
 }
 
 
@@ -141,8 +142,8 @@ class IndependentTestStudy(Study):
         from workbench.evaluation.files import load_ground_truth
 
         p = self.profile
-        self.data = prepare_data(self.dataset, self.work_dir / "data", test_fraction=p.test_fraction, caps=p.caps,
-                                 tag=p.name, fmt=self.fmt)
+        self.data = held_out_dataset(self.dataset, self.work_dir / "data", test_fraction=p.test_fraction,
+                                     caps=p.caps, tag=p.name, fmt=self.fmt)
         gt = load_ground_truth(self.data, split=self.split)
         if not len(gt.images):
             raise ValueError(f"{self.data}: the {self.split!r} split is empty")
@@ -343,27 +344,6 @@ def derive_groups(meta: pd.DataFrame, gt: pd.DataFrame, column: str) -> pd.Serie
                          index=meta.index, name="density")
     raise ValueError(f"group_by {column!r} is neither a meta.csv column ({list(meta.columns)}) "
                      "nor a derived grouping ('set', 'density')")
-
-
-def prepare_data(dataset: str | Path, work: Path, *, test_fraction: float = 0.5,
-                 caps: Sequence[tuple[str, int]] = (), tag: str = "capped", fmt: str | None = None) -> Path:
-    """The dataset with an independent test split, under ``work``: ``test_fraction`` of val held out
-    as test when it ships none (recorded in the copy's ``dataset.json``), then capped to at most
-    ``caps`` images per split (a copy named by ``tag``, e.g. the profile). The split and the caps
-    use :data:`DATA_SEED`, so models' seeds never move test images. Idempotent."""
-    from workbench.data import datasets
-    from workbench.data.holdout import with_test_split
-    from workbench.data.subsets import subset_dataset
-
-    base = datasets.prepare(dataset, fmt=fmt)
-    name = Path(str(dataset)).name
-    held = with_test_split(base, work / f"{name}_heldout", fraction=test_fraction, seed=DATA_SEED)
-    if not caps:
-        return held
-    capped = work / f"{name}_heldout_{tag}"
-    if not (capped / "meta.csv").exists():
-        subset_dataset(held, capped, keep=dict(caps), seed=DATA_SEED, overwrite=True)
-    return capped
 
 
 # ----------------------------------------------------------------------------- models

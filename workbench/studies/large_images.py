@@ -32,7 +32,7 @@ there) and ``micronuclei_timing``. A timing cell returns its timings and predict
 rows; the tables are scored from them.
 
 Held-out images are the vendored tiles the detector never saw: ``smoke`` trains on two
-vendored tiles and tests on the third; ``modest``/``full`` train on the 10 other tiles of
+vendored tiles and tests on the third; ``cpu``/``full`` train on the 10 other tiles of
 ``../shared/data/monuseg`` and test on all three vendored ones (falling back to the smoke
 split, with a note, when that folder is absent).
 """
@@ -134,8 +134,8 @@ PROFILES = {
                           two_stage=_two_stage_grid()[:1], mn_detectors="smoke", mn_repeats=1,
                           mn_guided=(GuidedSetting(stage1=1.0, canvas=320),)),
     # a real CPU study: detector trained on 10 shared tiles (~25 min), 3 test tiles; part 2 with
-    # notebook 08's modest detectors (reused when notebook 08 ran with the same config)
-    "modest": LargeProfile("modest", epochs=40, repeats=5, two_stage=_two_stage_grid(), mn_detectors="modest",
+    # notebook 08's cpu detectors (reused when notebook 08 ran with the same config)
+    "cpu": LargeProfile("cpu", epochs=40, repeats=5, two_stage=_two_stage_grid(), mn_detectors="cpu",
                            mn_repeats=3, mn_guided=_guided_grid(), mn_whole_scales=(1.0, 3.0)),
     # a GPU: longer training
     "full": LargeProfile("full", epochs=200, repeats=5, two_stage=_two_stage_grid(), mn_detectors="full",

@@ -38,6 +38,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.analysis.micronuclei import MN, NUCLEUS
 from workbench.core.tables import BOX_COLUMNS, MAX_DET
 from workbench.data import datasets
 from workbench.models.dense import DenseConfig
@@ -45,7 +46,6 @@ from workbench.studies import micronuclei_dense as dense
 from workbench.studies.base import Cell, Profile, Study, register, time_methods
 from workbench.studies.micronuclei_figures import criteria_chart, frequency_scatter
 
-MN, NUCLEUS = "mn", "nucleus"
 NATIVE, UPSAMPLED, P2, GUIDED, DENSE = "native", "upsampled", "p2", "guided", dense.DENSE
 APPROACHES = (NATIVE, UPSAMPLED, P2, GUIDED, DENSE)
 EVALUATE = "evaluate"  # the key of the evaluation/timing cell
@@ -89,7 +89,7 @@ PROFILES = {
                                          val_crops=4)),
     # CPU (~30 min on 2 cores + ~25 min for the dense U-Net's 16 x 512 crops): 30 training images of ../shared,
     # 3 validation images
-    "modest": MNProfile("modest"),
+    "cpu": MNProfile("cpu"),
     # GPU: more tiles and epochs; a deeper U-Net on many more crops
     "full": MNProfile("full", epochs=150, extra_epochs_upsampled=0, max_tiles=5000, batch=32, repeats=5,
                       dense=DenseConfig(encoder="tu-resnet34", encoder_depth=4, decoder_channels=(128, 64, 32, 16),

@@ -32,10 +32,10 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.analysis.micronuclei import MN, NUCLEUS
 from workbench.core.tables import BOX_COLUMNS
 
 DENSE = "dense"
-MN, NUCLEUS = "mn", "nucleus"
 NEXT_TO_NUCLEUS = 5.0  # px from a missed MN's centre to a true nucleus box: "next to a nucleus" (touching or ~2 px apart)
 CLOSE_TO_MN = 6.0  # px: a spurious MN this close to a true MN is a duplicate or a localisation miss
 ERROR_KINDS = ["fn_in_predicted_nucleus", "fn_next_to_nucleus", "fn_isolated", "fp_on_nucleus", "fp_close_to_true_mn",

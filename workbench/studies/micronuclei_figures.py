@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-MN, NUCLEUS = "mn", "nucleus"
+from workbench.analysis.micronuclei import MN, NUCLEUS
 
 
 def frequency_scatter(freq: pd.DataFrame, *, title: str = "MN frequency per image: predicted vs true"):

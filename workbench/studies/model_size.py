@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
+from workbench.data.holdout import DATA_SEED
 from workbench.studies.base import Cell, Profile, Study, register
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
-DATA_SEED = 0  # seed of the held-out test split and the caps: model seeds never move test images
 
 
 @dataclass(frozen=True)
@@ -74,11 +74,11 @@ class ModelSizeStudy(Study):
     profile: SizeProfile
 
     def prepare(self) -> None:
-        from workbench.studies.independent_test import prepare_data
+        from workbench.data.holdout import held_out_dataset
 
         p = self.profile
-        self.data = prepare_data(self.dataset, self.work_dir / "data", test_fraction=p.test_fraction, caps=p.caps,
-                                 tag=p.name, fmt=self.fmt)
+        self.data = held_out_dataset(self.dataset, self.work_dir / "data", test_fraction=p.test_fraction,
+                                     caps=p.caps, tag=p.name, fmt=self.fmt)
 
     def cells(self) -> list[Cell]:
         p = self.profile

@@ -38,6 +38,7 @@ import pandas as pd
 
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
+from workbench.data.holdout import DATA_SEED, held_out_dataset
 from workbench.data.subsets import subset_dataset
 from workbench.studies.base import Cell, Profile, Study, register
 
@@ -48,7 +49,6 @@ SOURCE_OVERLAP = 0.1  # share of a source patch that overlaps its neighbour
 SOURCE_MIN_VISIBILITY = 0.5  # a nucleus cut by a patch edge is kept when this share of its box is inside
 SOURCE_RATIOS = (8, 2)  # train : val split of the source patches, grouped by MoNuSeg tile
 EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
-DATA_SEED = 0  # seed of the held-out test split and the caps: fixed, so model seeds never move test images
 
 
 @dataclass(frozen=True)
@@ -127,16 +127,10 @@ def prepare_source(profile: TransferProfile, cache: Path) -> Path:
 def prepare_target(target: str | Path, profile: TransferProfile, cache: Path, *, fmt: str | None = None,
                    seeds: tuple[int, ...] = ()) -> dict[tuple[int, float], Path]:
     """The target set capped by the profile, and nested training subsets per (seed, fraction)."""
-    from workbench.data.holdout import with_test_split
-
     name = Path(str(target)).name
     # val chooses checkpoints; test (held out of val when the dataset ships none) is scored once
-    base = with_test_split(datasets.prepare(target, fmt=fmt), cache / f"{name}_heldout",
-                           fraction=profile.test_fraction, seed=DATA_SEED)
-    keep = {k: v for k, v in (("train", profile.target_train), ("val", profile.target_val)) if v != 1.0}
-    capped = cache / f"{name}_{profile.name}" if keep else base
-    if keep and not (capped / "meta.csv").exists():
-        subset_dataset(base, capped, keep=keep, seed=DATA_SEED, overwrite=True)
+    capped = held_out_dataset(target, cache, test_fraction=profile.test_fraction, fmt=fmt, tag=profile.name,
+                              caps={"train": profile.target_train, "val": profile.target_val})
     out: dict[tuple[int, float], Path] = {}
     for seed in seeds:
         for frac in profile.fractions:

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from workbench.core.paths import POSITIVE_CLASSES
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
 from workbench.data.library.builder import Batch, library_meta, partition, write_library
@@ -61,9 +62,9 @@ class TargetSpec:
 
 
 TARGETS = {
-    "bccd": TargetSpec(positive=("Platelets", "WBC"), image_positive="Platelets"),
-    "mnfinder": TargetSpec(positive=("mn",), image_positive="mn"),
-    "monuseg": TargetSpec(positive=("nucleus",), image_positive="nucleus", level_column="contrast"),
+    "bccd": TargetSpec(positive=POSITIVE_CLASSES["bccd"], image_positive="Platelets"),
+    "mnfinder": TargetSpec(positive=POSITIVE_CLASSES["mnfinder"], image_positive="mn"),
+    "monuseg": TargetSpec(positive=POSITIVE_CLASSES["monuseg"], image_positive="nucleus", level_column="contrast"),
 }
 
 

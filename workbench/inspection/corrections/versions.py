@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from workbench.core.atomic import write_text
+from workbench.core.atomic import default_mode, write_text
 from workbench.core.problems import ProblemLog
 from workbench.core.tables import utc_now
 from workbench.data.canonical import format_yolo_line, read_boxes, read_classes, read_meta
@@ -234,6 +234,7 @@ def _write_version(root: Path, build, *, parent: str, summary: dict[str, Any]) -
     folder.mkdir(exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".new-version.", suffix=".partial", dir=folder))
     try:
+        tmp.chmod(default_mode(folder=True))  # mkdtemp makes it 0700: a version is as readable as the dataset
         build(tmp)
         for _ in range(100):
             existing = _existing(root)
