@@ -11,6 +11,7 @@ layer (evaluation and analysis; studies and inspection) stay independent of each
 from __future__ import annotations
 
 import ast
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,10 +71,10 @@ def import_graph(package: Path, *, module_level_only: bool = False) -> list[Impo
     modules = {_module_name(p, package): p for p in package.rglob("*.py")}
     out: list[Import] = []
     for name, path in sorted(modules.items()):
-        tree = ast.parse(path.read_text(), filename=str(path))
         pkg = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-        nodes = tree.body if module_level_only else ast.walk(tree)
-        for node in nodes:
+        for node, top in _import_nodes(path.read_text()):
+            if module_level_only and not top:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.ImportFrom):
                 if node.level:
@@ -89,6 +90,15 @@ def import_graph(package: Path, *, module_level_only: bool = False) -> list[Impo
                 if t == ROOT or t.startswith(ROOT + "."):
                     out.append(Import(name, t, path, node.lineno))
     return out
+
+
+@functools.lru_cache(maxsize=None)
+def _import_nodes(source: str) -> tuple[tuple[ast.Import | ast.ImportFrom, bool], ...]:
+    """The import statements of one module's source, each with whether it runs at import time.
+    Cached by source text: the tests read the same tree (and copies of it) several times."""
+    tree = ast.parse(source)
+    top = {id(n) for n in tree.body}
+    return tuple((n, id(n) in top) for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)))
 
 
 def check_layering(graph: list[Import]) -> list[Import]:

@@ -236,6 +236,7 @@ def test_monuseg_tiles_are_dense_and_counts_match_the_import(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.masks") is None,
                     reason="the masks importer (MNFinder format) is not in this checkout")
+@pytest.mark.slow
 def test_mnfinder_grey_16bit_sources_and_tiny_micronuclei(tmp_path):
     root = convert(MNFINDER, "masks", tmp_path / "mnfinder")
     result = audit_dataset(root, workers=1)

@@ -126,6 +126,7 @@ def test_groups_and_bootstrap_are_seeded(case):
         clinical_rates(gt, pred, positive="MN", group_by="centre", meta=meta)
 
 
+@pytest.mark.slow
 def test_bootstrap_interval_matches_a_direct_resampling():
     """The weighted bootstrap equals recomputing the pooled rate on resampled images."""
     rng = np.random.default_rng(0)

@@ -160,6 +160,7 @@ def test_boxes_outside_the_image_are_clipped_or_dropped(tiny):
     assert any("zero_area_box" in p for p in summary["problems"])
 
 
+@pytest.mark.slow
 def test_materialise_gives_a_canonical_dataset_that_exports(tiny, tmp_path):
     from workbench.data.exporters import export
     from workbench.data.importers import read_raw

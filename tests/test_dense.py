@@ -171,6 +171,7 @@ def test_windows_cover_the_image_and_blend():
 
 # ----------------------------------------------------------------------------- tuning
 
+@pytest.mark.slow
 def test_tuning_picks_the_most_recall_at_the_precision_target():
     shape = (60, 60)
     true = [_disc(shape, y, x, 2.5) for y, x in ((10, 10), (10, 40), (40, 10), (40, 40))]
@@ -252,6 +253,7 @@ def _untrained_run(tmp_path: Path, dataset: Path) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_an_untrained_run_predicts_the_prediction_table_on_16_bit_raw_images(tmp_path, mnfinder_canonical):
     from workbench.core.paths import VENDORED
 

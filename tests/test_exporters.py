@@ -32,6 +32,7 @@ def canon_ds(canon):
     return load_dataset(canon)
 
 
+@pytest.mark.slow
 def test_yolo_round_trip_keeps_boxes_splits_and_unlabelled(canon, canon_ds, tmp_path):
     before = checksums(canon)
     res = export_yolo(canon, tmp_path / "yolo")
@@ -58,6 +59,7 @@ def test_yolo_round_trip_keeps_boxes_splits_and_unlabelled(canon, canon_ds, tmp_
     assert checksums(canon) == before  # never writes into the source
 
 
+@pytest.mark.slow
 def test_yolo_flat_export_without_split_folders(canon, canon_ds, tmp_path):
     export_yolo(canon, tmp_path / "flat", split_folders=False)
     doc = yaml.safe_load((tmp_path / "flat" / "data.yaml").read_text())
@@ -69,6 +71,7 @@ def test_yolo_flat_export_without_split_folders(canon, canon_ds, tmp_path):
     assert_same_boxes(canon_ds, back)
 
 
+@pytest.mark.slow
 def test_coco_round_trip_and_pycocotools_reads_it(canon, canon_ds, tmp_path):
     out = tmp_path / "coco" / "annotations.json"
     res = export_coco(canon, out)
@@ -97,6 +100,7 @@ def test_coco_export_of_one_split(canon, canon_ds, tmp_path):
         export_coco(canon, tmp_path / "test.json", split="test")
 
 
+@pytest.mark.slow
 def test_labelme_round_trip(canon, canon_ds, tmp_path):
     res = export_labelme(canon, tmp_path / "lm")
     files = sorted((tmp_path / "lm").glob("*.json"))

@@ -1,7 +1,6 @@
 """The ipywidgets gallery (no Qt): drawing in outcome colours, navigation, metrics; notebook 06."""
 from __future__ import annotations
 
-import nbformat
 import numpy as np
 import pandas as pd
 import pytest
@@ -83,6 +82,8 @@ def test_notebook_06_builds_the_queue_and_gallery_without_a_window(tmp_path):
     truth.boxes[truth.boxes.index % 5 != 0].assign(score=0.9).to_csv(pred_csv, index=False)
     executed = run_notebook("06_inspect_hard_cases", {"dataset": "bccd", "profile": "smoke", "pred": str(pred_csv)},
                             out_dir=tmp_path)
+    import nbformat
+
     nb = nbformat.read(executed, as_version=4)
     errors = [o.get("ename") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]

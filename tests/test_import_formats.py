@@ -74,6 +74,7 @@ def problems_of(ds, kind: str) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- YOLO
 
+@pytest.mark.slow
 def test_yolo_ultralytics_layout_matches_voc(voc, voc_ds, tmp_path):
     make_yolo(voc, tmp_path / "y")
     write_yaml(tmp_path / "y" / "data.yaml", {"path": ".", "train": "images/train", "val": "images/val",
@@ -85,6 +86,7 @@ def test_yolo_ultralytics_layout_matches_voc(voc, voc_ds, tmp_path):
     assert ds.info["split_source"] == "official" and len(ds.problems) == len(voc_ds.problems)
 
 
+@pytest.mark.slow
 def test_yolo_txt_lists_dict_names_and_a_path_from_another_machine(voc, voc_ds, tmp_path):
     make_yolo(voc, tmp_path / "y")
     for split in ("train", "val"):
@@ -100,6 +102,7 @@ def test_yolo_txt_lists_dict_names_and_a_path_from_another_machine(voc, voc_ds, 
     assert len(warn) == 1 and "/home/someone/datasets/bccd" in warn["detail"].iloc[0]
 
 
+@pytest.mark.slow
 def test_yolo_roboflow_layout_with_and_without_yaml(voc, voc_ds, tmp_path):
     make_yolo(voc, tmp_path / "rf", layout="roboflow")
     # Roboflow writes "../train/images" relative to a parent folder; ultralytics retries without "../"
@@ -116,6 +119,7 @@ def test_yolo_roboflow_layout_with_and_without_yaml(voc, voc_ds, tmp_path):
     assert {im.meta["split"] for im in raw.images} == {"train", "val"}
 
 
+@pytest.mark.slow
 def test_yolo_side_by_side_folder_with_classes_txt(voc, voc_ds, tmp_path):
     flat = tmp_path / "flat"
     flat.mkdir()

@@ -141,6 +141,7 @@ def test_test_archive_layout_side_by_side(tmp_path):
     assert len(raw.problems.errors) == 0
 
 
+@pytest.mark.slow
 def test_official_archives_side_by_side_give_a_split(tmp_path):
     train = tmp_path / "MoNuSegTrainingData"
     (train / "Annotations").mkdir(parents=True)
@@ -155,6 +156,7 @@ def test_official_archives_side_by_side_give_a_split(tmp_path):
     assert len(extra) == 1 and extra[0].objects is None
 
 
+@pytest.mark.slow
 def test_malformed_xml_and_foreign_xml_are_errors_naming_the_file(tmp_path):
     src = tmp_path / "tiles"
     for stem in STEMS[:3]:

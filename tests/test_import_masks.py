@@ -69,6 +69,7 @@ def vendored(tmp_path_factory) -> Path:
 
 # ----------------------------------------------------------------------------- vendored real data
 
+@pytest.mark.slow
 def test_vendored_counts_equal_counts_from_the_raw_masks(vendored):
     ds = load_dataset(vendored)
     truth = _truth(MNFINDER)

@@ -92,6 +92,7 @@ def test_real_copies_under_new_ids_are_found(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("workbench.data.importers.masks") is None,
                     reason="the masks importer (MNFinder format) is not in this checkout")
+@pytest.mark.slow
 def test_mnfinder_16bit_image_imported_twice_is_an_exact_cross_split_duplicate(tmp_path):
     # MNFinder's source had a test image pixel-identical to training 2022-05-26_RPE1/1.tif.
     src = MNFINDER / "training-data" / "2022-05-26_RPE1"

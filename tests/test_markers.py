@@ -20,6 +20,7 @@ TRAINS, EXECUTES = "trains a model", "executes a notebook"
 ENTRY_POINTS = [  # module, attribute, what the guard says it does
     ("workbench.models.yolo", "train", f"{TRAINS} (workbench.models.yolo.train)"),
     ("workbench.models.classifier", "train_classifier", f"{TRAINS} (workbench.models.classifier.train_classifier)"),
+    ("workbench.models.dense", "train_dense", f"{TRAINS} (workbench.models.dense.train_dense)"),
     ("workbench.studies.notebooks", "run_notebook", f"{EXECUTES} (workbench.studies.notebooks.run_notebook)"),
     # imported by name at module level: the name is bound to the guard, not to the bare function
     ("workbench.studies.demo", "run_notebook", f"{EXECUTES} (workbench.studies.notebooks.run_notebook)"),
@@ -29,7 +30,11 @@ ENTRY_POINTS = [  # module, attribute, what the guard says it does
 ]
 
 
-@pytest.mark.parametrize("module, attr, what", ENTRY_POINTS, ids=[f"{m}.{a}" for m, a, _ in ENTRY_POINTS])
+SLOW_IMPORTS = {"papermill"}  # seconds to import (the whole notebook stack): checked by make test, not the quick loop
+
+
+@pytest.mark.parametrize("module, attr, what", [
+    pytest.param(m, a, w, id=f"{m}.{a}", marks=[pytest.mark.slow] if m in SLOW_IMPORTS else []) for m, a, w in ENTRY_POINTS])
 def test_an_unmarked_test_cannot_train_or_execute_a_notebook(request, tmp_path, module, attr, what):
     target = importlib.import_module(module)
     for part in attr.split("."):
@@ -41,6 +46,7 @@ def test_an_unmarked_test_cannot_train_or_execute_a_notebook(request, tmp_path, 
     assert str(failed.value).endswith("but is not marked slow: add @pytest.mark.slow")
 
 
+@pytest.mark.slow
 def test_fixtures_that_train_are_caught_whichever_test_sets_them_up(tmp_path):
     """In a separate pytest run on a stand-in trainer: a fixture that trains inside an unmarked
     test fails it, a slow test may train, and an unmarked test that reuses the slow test's cached

@@ -95,6 +95,7 @@ def test_overlap_pairs_equal_a_brute_force_search(metric):
     np.testing.assert_allclose(v, full[bi, bj])
 
 
+@pytest.mark.slow  # importing torchvision, the reference, takes seconds
 def test_nms_equals_torchvision_batched_nms():
     torch = pytest.importorskip("torch")
     ops = pytest.importorskip("torchvision.ops")

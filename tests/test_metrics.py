@@ -206,6 +206,7 @@ def assert_matches_agree(gt: pd.DataFrame, pred: pd.DataFrame, ev, t_index: int)
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @needs_bccd
 @pytest.mark.parametrize("seed", range(6))
 def test_bccd_perturbed_agrees_with_pycocotools(bccd, seed):
@@ -239,6 +240,7 @@ def test_bccd_small_max_dets_agrees(bccd):
     assert_agrees(ours, run_pycocotools(bccd, pred, max_dets=5))
 
 
+@pytest.mark.slow
 @needs_bccd
 def test_class_agnostic_matching_agrees_with_pycocotools_usecats0(bccd):
     # The confusion matrix's matching is pycocotools' useCats=0 matching.

@@ -102,6 +102,7 @@ def test_per_cell_outputs_apply_the_score_threshold():
     assert freq["mn_frequency"].item() == 1.0 and freq["n_mn"].item() == 2
 
 
+@pytest.mark.slow
 def test_real_mnfinder_colour_parents_agree_with_the_nearest_nucleus_rule():
     """On the vendored validation annotations most MN lie next to the nucleus of their colour."""
     from workbench.data import datasets

@@ -12,10 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
 from workbench.studies.notebook_html import external_resources, notebook_html, static_widget_html
 from workbench.studies.notebooks import figure_outputs, missing_figures, text_figure_reprs
@@ -25,12 +23,17 @@ PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()
 
 
 def _write(tmp_path: Path, nb) -> Path:
+    import nbformat
+
     path = tmp_path / "executed.ipynb"
     nbformat.write(nb, path)
     return path
 
 
+@pytest.mark.slow  # the notebook stack (nbformat, jsonschema) takes seconds to import
 def test_figure_outputs_and_text_reprs_of_an_executed_notebook(tmp_path):
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
     nb = new_notebook(cells=[
         new_code_cell("fig", outputs=[new_output("execute_result", execution_count=1,
                                                  data={"text/plain": "<Figure size 550x400 with 1 Axes>",
@@ -88,6 +91,7 @@ def test_library_code_never_forces_a_backend_or_draws_with_pyplot():
     assert not offenders
 
 
+@pytest.mark.slow
 def test_the_offline_html_shows_saved_widgets_statically_and_fetches_nothing(tmp_path):
     state = {"box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_row", "IPY_MODEL_img"]}},
              "row": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_btn", "IPY_MODEL_sld"]}},

@@ -93,6 +93,7 @@ def test_stale_partials_of_a_killed_writer_are_cleaned(tmp_path, bccd_subset):
     assert info["stale_partials_removed"] == [str(stale)]
 
 
+@pytest.mark.slow
 def test_sigterm_during_convert_leaves_no_partial_folder(tmp_path):
     out = tmp_path / "canon"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}

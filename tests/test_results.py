@@ -1,6 +1,8 @@
 """Publishing a study's results into outputs/results/<notebook>/ (what `make results` commits)."""
 from __future__ import annotations
 
+import pytest
+
 import json
 
 import pandas as pd
@@ -10,6 +12,7 @@ from workbench.report.figures import save_figure
 from workbench.studies.results import markdown_table, publish
 
 
+@pytest.mark.slow
 def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tmp_path):
     src = tmp_path / "notebook" / "results"
     src.mkdir(parents=True)

@@ -123,6 +123,7 @@ def test_exact_duplicates_never_straddle_splits(tmp_path):
         assert split[f"copy_{k:02d}"] == split[i]
 
 
+@pytest.mark.slow
 def test_duplicates_already_straddling_through_kept_splits_are_reported(tmp_path, bccd_canonical):
     root = shutil.copytree(bccd_canonical, tmp_path / "c")
     meta = read_meta(root)
@@ -138,6 +139,7 @@ def test_duplicates_already_straddling_through_kept_splits_are_reported(tmp_path
     assert len(straddling_duplicates(grown, grown["split"])) == 1
 
 
+@pytest.mark.slow
 def test_unit_keys_join_duplicates_groups_and_near_duplicates_when_asked(bccd_canonical):
     meta = read_meta(bccd_canonical).assign(split="")
     # BCCD 00037 and 00038: the same field at another focus, 4 perceptual-hash bits apart

@@ -189,6 +189,7 @@ def test_bad_meta_values(unsplit):
         assign_splits(dup)
 
 
+@pytest.mark.slow
 def test_split_dataset_rewrites_lists_yaml_and_records_settings(bccd_canonical, tmp_path):
     root = shutil.copytree(bccd_canonical, tmp_path / "bccd")
     kept = split_dataset(root)  # official split kept: nothing moves

@@ -182,6 +182,7 @@ def test_yolo_adapter_hands_ultralytics_bgr_in_one_call_per_batch():
     np.testing.assert_array_equal(to_bgr(red)[..., ::-1], red)
 
 
+@pytest.mark.slow
 def test_yolo_adapter_feeds_the_network_what_ultralytics_makes_of_the_file(tmp_path):
     """A real YOLO: the network input made from an RGB array through the adapter equals the one
     ultralytics makes from the same image file (read by OpenCV as BGR); unflipped RGB differs."""

@@ -55,6 +55,7 @@ def bccd(tmp_path_factory):
     return tiny_bccd(tmp_path_factory.mktemp("tiling") / "bccd", n_train=3, n_val=1)
 
 
+@pytest.mark.slow
 def test_tiled_bccd_is_a_canonical_dataset_of_patches(bccd, tmp_path):
     out = tile_dataset(bccd, tmp_path / "tiles", tile=320, overlap=0.25, min_visibility=0.5)
     src, tiles = load_dataset(bccd), load_dataset(out)
@@ -105,6 +106,7 @@ def test_visibility_threshold_and_empty_tiles(bccd, tmp_path):
     assert len(sparse.images) == int((strict.images["n_objects"] > 0).sum())
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite(bccd, tmp_path):
     out = tile_dataset(bccd, tmp_path / "t", tile=320)
     with pytest.raises(FileExistsError, match="not empty"):

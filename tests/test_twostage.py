@@ -122,6 +122,7 @@ SPARSE = [(100, 120, 130, 150), (600, 80, 636, 110), (612, 118, 640, 150),  # a 
 CLUSTER = [(1000 + 45 * i, 1500 + 45 * j, 1030 + 45 * i, 1530 + 45 * j) for i in range(8) for j in range(5)]
 
 
+@pytest.mark.slow
 def test_two_stage_finds_every_cell_once_and_reads_a_fraction_of_the_image():
     cells = SPARSE + CLUSTER  # the cluster's region (~360 x 220 px + margins) exceeds a 256 canvas
     img = blob_image(2000, 2000, cells)

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-import seaborn as sns
 from matplotlib.figure import Figure
 
 
@@ -16,6 +15,8 @@ def palette(names: Sequence[str]) -> dict[str, tuple[float, float, float]]:
     Every plot colours groups, classes and arms through this, so a name keeps its colour
     within a figure and figures look alike.
     """
+    import seaborn as sns  # ~1 s to import (scipy.stats): only when a figure is coloured
+
     return dict(zip(names, sns.color_palette("colorblind", max(len(names), 1))))
 
 

@@ -6,11 +6,12 @@ display them (Jupyter renders a returned Figure).
 """
 from __future__ import annotations
 
+# seaborn is imported inside the drawing functions: ~1 s (scipy.stats) that importing the module need not cost
+
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -35,6 +36,7 @@ def _plain_log_ticks(axis) -> None:
 
 def class_counts(table: pd.DataFrame, *, title: str = "Objects per class and split") -> Figure:
     """Bar chart from a table with ``split``, ``class``, ``objects`` columns."""
+    import seaborn as sns
     df = table.assign(split=table["split"].replace("", "(none)"))
     fig = Figure(figsize=(max(5.0, 1.2 * df["class"].nunique() + 3), 4), layout="constrained")
     ax = fig.subplots()
@@ -48,6 +50,7 @@ def class_counts(table: pd.DataFrame, *, title: str = "Objects per class and spl
 def box_size_distribution(objects: pd.DataFrame, *, classes: Sequence[str] | None = None,
                           title: str = "Box sizes per class") -> Figure:
     """Histograms of box width and height (pixels, log scale) per class."""
+    import seaborn as sns
     fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     df = objects[(objects["width_px"] > 0) & (objects["height_px"] > 0)]
@@ -65,6 +68,7 @@ def box_size_distribution(objects: pd.DataFrame, *, classes: Sequence[str] | Non
 
 def objects_per_image(images: pd.DataFrame, *, title: str = "Objects per image") -> Figure:
     """Histogram of ``n_objects`` per image, stacked by ``split``."""
+    import seaborn as sns
     df = images.assign(split=images["split"].replace("", "(none)"))
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
@@ -78,6 +82,7 @@ def objects_per_image(images: pd.DataFrame, *, title: str = "Objects per image")
 
 def density_classes(images: pd.DataFrame, *, title: str = "Density class per image") -> Figure:
     """Counts of density classes (unlabelled/empty/sparse/clustered/dense) per split."""
+    import seaborn as sns
     df = images.assign(split=images["split"].replace("", "(none)"))
     order = [d for d in DENSITY_ORDER if d in set(df["density"])]
     fig = Figure(figsize=(6, 4), layout="constrained")
@@ -89,6 +94,7 @@ def density_classes(images: pd.DataFrame, *, title: str = "Density class per ima
 
 def quality_proxies(images: pd.DataFrame, *, title: str = "Image quality proxies") -> Figure:
     """Histograms of brightness, contrast, sharpness (log) and colourfulness, by split."""
+    import seaborn as sns
     df = images.assign(split=images["split"].replace("", "(none)")).dropna(subset=["brightness"])
     fig = Figure(figsize=(10, 6), layout="constrained")
     axes = fig.subplots(2, 2).ravel()

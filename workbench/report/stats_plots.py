@@ -6,11 +6,12 @@ or let Jupyter display them. Group values that are empty or missing are shown as
 """
 from __future__ import annotations
 
+# seaborn is imported inside the drawing functions: ~1 s (scipy.stats) that importing the module need not cost
+
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -39,6 +40,7 @@ def _finite(df: pd.DataFrame, y: str) -> tuple[pd.DataFrame, int]:
 def _box_and_points(ax, df: pd.DataFrame, *, x: str, y: str, order: list[str], hue: str | None = None,
                     hue_order: list[str] | None = None, log: bool = False) -> None:
     """Box plot without fliers (every point is drawn) plus one jittered point per row."""
+    import seaborn as sns
     kw = dict(data=df, x=x, y=y, order=order, ax=ax, log_scale=log or None)
     if hue:
         kw.update(hue=hue, hue_order=hue_order, palette=palette(hue_order))
@@ -126,6 +128,7 @@ def cell_size_violins(sizes: pd.DataFrame, *, group: str | None = None, log: boo
     Log scale by default (platelets and white cells differ by orders of magnitude); zero-area
     and non-finite values are left out and counted in the panel title.
     """
+    import seaborn as sns
     need = ["class", "area_fraction", "rel_normal_area"]
     missing = [c for c in need if c not in sizes.columns]
     if missing:
