@@ -25,7 +25,8 @@ class FakeProfile(Profile):
 
 
 PROFILES = {"fake": FakeProfile("fake"),
-            "two": FakeProfile("two", cells=(("a", "ok", 0, ()), ("b", "ok", 0, ("a",))))}
+            "two": FakeProfile("two", cells=(("a", "ok", 0, ()), ("b", "ok", 0, ("a",)))),
+            "partial": FakeProfile("partial", cells=(("a", "ok", 0, ()), ("b", "fail", 0, ())))}
 
 
 @register

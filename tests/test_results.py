@@ -1,11 +1,12 @@
 """Publishing a study's results into outputs/results/<notebook>/ (what `make results` commits)."""
 from __future__ import annotations
 
-import pytest
-
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from matplotlib.figure import Figure
 
 from workbench.report.figures import save_figure
@@ -43,3 +44,31 @@ def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tm
 def test_markdown_table_escapes_pipes_and_rounds():
     md = markdown_table(pd.DataFrame({"a|b": ["x|y"], "v": [0.12345]}), digits=2)
     assert md.splitlines() == ["| a|b | v |", "|---|---|", "| x\\|y | 0.12 |"]
+
+
+@pytest.mark.slow  # cells run as processes
+def test_publish_grid_labels_a_partial_grid_and_trains_nothing(tmp_path, monkeypatch):
+    """A long profile run cell by cell (python -m workbench grid) is published as it grows: the
+    README says how many cells are done and names the others."""
+    import _grid_fake
+    from workbench.studies import results
+    from workbench.studies.grid import read_grid, run_grid
+
+    monkeypatch.setenv("WORKBENCH_OUTPUTS", str(tmp_path / "outputs"))
+    tests = str(Path(__file__).resolve().parent)  # the cell processes import the fake study's module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setattr(results, "RESULT_JOBS", (results.ResultJob("99_fake_grid"),))
+    assert results.publish_grid(profile="partial", log=lambda m: None) == []  # no grid yet: nothing published
+    study = _grid_fake.FakeStudy(profile="partial", log=lambda m: None)  # cells a (ok) and b (fails)
+    run_grid(study, progress=False)
+    before = read_grid(study.grid_dir)[["cell", "state", "start", "attempts"]]
+
+    [out] = results.publish_grid(profile="partial", log=lambda m: None)
+    assert out == tmp_path / "outputs" / "results" / "99_fake_grid"
+    readme = (out / "README.md").read_text()
+    assert "**Partial result: 1 of 2 cells finished.**" in readme and "`b` (failed)" in readme
+    assert "--from-grid" in readme
+    grid = json.loads((out / "provenance.json").read_text())["grid"]
+    assert grid["done"] == 1 and grid["cells"] == 2 and grid["not_done"] == {"b": "failed"}
+    assert pd.read_csv(out / "fake.csv")["cell"].tolist() == ["a"]
+    pd.testing.assert_frame_equal(read_grid(study.grid_dir)[before.columns], before)  # publishing ran no cell

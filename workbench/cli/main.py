@@ -131,8 +131,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_results(a: argparse.Namespace) -> int:
-    from workbench.studies.results import publish, run_results
+    from workbench.studies.results import publish, publish_grid, run_results
 
+    if a.from_grid:  # what `python -m workbench grid` has finished so far, nothing trained here
+        for folder in publish_grid(profile=a.profile, only=a.only, device=a.device):
+            print(folder)
+        return 0
     if a.publish:  # a study that already ran: copy its results folder without running it again
         print(f"published -> {publish(a.publish, a.only[0] if a.only else a.publish.parent.name.split('__')[0])}")
         return 0
@@ -239,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="auto (default), cpu, cuda:0, ...")
     r.add_argument("--publish", type=Path, default=None, metavar="RESULTS_DIR",
                    help="only publish a study's <out_dir>/results folder that already exists")
+    r.add_argument("--from-grid", action="store_true",
+                   help="publish the finished cells of each study's grid (python -m workbench grid ... --profile P), "
+                        "training nothing; a partial grid is labelled partial")
     r.set_defaults(func=cmd_results)
 
     _add_extensions(sub)
