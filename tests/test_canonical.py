@@ -94,6 +94,7 @@ def test_garbage_bytes_and_truncated_tiff_raise_a_named_error(tmp_path):
     assert (info.width, info.height, info.channels, info.bit_depth) == (1000, 1000, 3, 8)
 
 
+@pytest.mark.slow
 def test_unknown_class_is_skipped_per_object_and_strict_writes_nothing(tmp_path, bccd_subset):
     xml = sorted((bccd_subset / "Annotations").glob("*.xml"))[0]
     _xml_set_box(xml, 0, (10, 10, 50, 50), name="Neutrophil")
@@ -224,6 +225,7 @@ def test_ids_with_slashes_spaces_and_case_collisions_get_safe_unique_files(tmp_p
     assert safe_stem("train/set A/1.2") == "train__set_A__1.2"
 
 
+@pytest.mark.slow
 def test_failed_write_leaves_no_output_and_keeps_a_previous_version(tmp_path, bccd_subset, monkeypatch):
     out = convert(bccd_subset, "voc", tmp_path / "out")
     before = checksums(out)

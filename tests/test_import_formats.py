@@ -132,6 +132,7 @@ def test_yolo_side_by_side_folder_with_classes_txt(voc, voc_ds, tmp_path):
     assert ds.images["split"].eq("").all() and not problems_of(ds, "missing_image").size
 
 
+@pytest.mark.slow
 def test_yolo_empty_label_file_is_not_a_missing_one(voc, tmp_path):
     y = make_yolo(voc, tmp_path / "y")
     write_yaml(y / "data.yaml", {"train": "images/train", "val": "images/val", "names": NAMES})
@@ -148,6 +149,7 @@ def test_yolo_empty_label_file_is_not_a_missing_one(voc, tmp_path):
     assert (ds.root / "labels" / f"{empty.stem}.txt").read_text() == ""
 
 
+@pytest.mark.slow
 def test_yolo_bad_lines_are_recorded_with_file_and_line(voc, tmp_path):
     y = make_yolo(voc, tmp_path / "y")
     write_yaml(y / "data.yaml", {"train": "images/train", "val": "images/val", "names": NAMES})
@@ -196,6 +198,7 @@ def make_coco(voc: Path, dest: Path, cat_ids: dict[str, int]) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_coco_matches_voc_with_images_elsewhere(voc, voc_ds, tmp_path):
     js = tmp_path / "ann" / "instances.json"
     make_coco(voc, js, {"Platelets": 7, "RBC": 3, "WBC": 5})
@@ -206,6 +209,7 @@ def test_coco_matches_voc_with_images_elsewhere(voc, voc_ds, tmp_path):
     assert set(ds.images["image_id"]) == set(SUBSET)
 
 
+@pytest.mark.slow
 def test_coco_bad_references_are_named(voc, tmp_path):
     js = tmp_path / "coco.json"
     doc = make_coco(voc, js, {"Platelets": 1, "RBC": 2, "WBC": 3})
@@ -251,6 +255,7 @@ def labelme_doc(voc: Path, image_id: str, image_path: str, *, data: bool = False
             "imageHeight": H, "imageWidth": W}
 
 
+@pytest.mark.slow
 def test_labelme_matches_voc(voc, voc_ds, tmp_path):
     folder = voc.parent / "labelme_json"  # beside the VOC tree: imagePath "../voc/JPEGImages/x.jpg"
     folder.mkdir(exist_ok=True)
@@ -334,6 +339,7 @@ def make_labelstudio(voc: Path, dest: Path) -> list[dict]:
     return tasks
 
 
+@pytest.mark.slow
 def test_labelstudio_export_matches_voc(voc, voc_ds, tmp_path):
     js = tmp_path / "project-3-at-2024-05-02.json"
     make_labelstudio(voc, js)

@@ -125,6 +125,7 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
+@pytest.mark.slow
 def test_cli_levels_compose_and_add(source, tmp_path, capsys):
     assert _cli(["library", "levels", str(source), "--out", str(tmp_path / "levels.csv"), "--k", "2"]) == 0
     levels = pd.read_csv(tmp_path / "levels.csv")

@@ -222,6 +222,7 @@ def test_bccd_perturbed_agrees_with_pycocotools(bccd, seed):
     assert_matches_agree(gt, pred, ev, 5)
 
 
+@pytest.mark.slow
 @needs_bccd
 @pytest.mark.parametrize("seed", range(2))
 def test_bccd_random_predictions_agree_with_pycocotools(bccd, seed):
@@ -578,6 +579,7 @@ def test_evaluate_and_match_tables_agree(bccd):
         assert (g.outcome == "tp").sum() / (g.outcome != "ignored").sum() == pytest.approx(res.recall[0, k])
 
 
+@pytest.mark.slow
 @needs_bccd
 def test_bootstrap(bccd):
     pred = perturb(bccd, 5)

@@ -93,6 +93,8 @@ def test_library_code_never_forces_a_backend_or_draws_with_pyplot():
 
 @pytest.mark.slow
 def test_the_offline_html_shows_saved_widgets_statically_and_fetches_nothing(tmp_path):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
     state = {"box": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_row", "IPY_MODEL_img"]}},
              "row": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_btn", "IPY_MODEL_sld"]}},
              "btn": {"model_name": "ButtonModel", "state": {"description": "next"}},
