@@ -76,6 +76,23 @@ def test_all_cpu_threads_uses_every_cpu_inside_and_restores_after():
         torch.set_num_threads(before)
 
 
+def test_cpu_count_respects_a_grid_cells_share(monkeypatch):
+    from workbench.core.device import CPU_THREADS_ENV, cpu_count
+    from workbench.studies.grid_cells import cell_env
+
+    monkeypatch.delenv(CPU_THREADS_ENV, raising=False)
+    every = cpu_count()
+    env = cell_env(gpus=None, cpus=1)
+    assert env["OMP_NUM_THREADS"] == env[CPU_THREADS_ENV] == "1"
+    monkeypatch.setenv(CPU_THREADS_ENV, "1")
+    assert cpu_count() == 1
+    monkeypatch.setenv(CPU_THREADS_ENV, str(every + 8))  # a share never exceeds what the OS allows
+    assert cpu_count() == every
+    monkeypatch.setenv(CPU_THREADS_ENV, "two")
+    with pytest.raises(ValueError, match=CPU_THREADS_ENV):
+        cpu_count()
+
+
 def test_cpu_training_gets_every_core_back_from_ultralytics():
     """ultralytics leaves torch at cpu_count - 1 threads while it trains on CPU without loader workers;
     the training callback gives the process every core (and only on CPU)."""

@@ -87,11 +87,20 @@ def all_cpu_threads(device: str = "cpu") -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+CPU_THREADS_ENV = "WORKBENCH_CPU_THREADS"  # a grid cell's share of the CPUs (grid --cpus-per-cell)
+
+
 def cpu_count() -> int:
-    """CPUs this process may use (respects affinity / container limits where the OS tells)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """CPUs this process may use: the affinity / container limit where the OS tells, capped by
+    ``WORKBENCH_CPU_THREADS`` when set (a grid cell's share, so parallel cells do not oversubscribe)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    share = os.environ.get(CPU_THREADS_ENV, "").strip()
+    if share:
+        try:
+            n = min(n, int(share))
+        except ValueError:
+            raise ValueError(f"{CPU_THREADS_ENV}={share!r}: expected a whole number of CPU threads") from None
+    return max(1, n)
 
 
 def default_batch(device: str, imgsz: int) -> int:

@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from workbench.core.atomic import write_text
+from workbench.core.device import CPU_THREADS_ENV
 from workbench.core.offline import ultralytics_config_dir
 from workbench.core.paths import PROJECT_ROOT
 from workbench.core.tables import utc_now
@@ -220,13 +221,14 @@ def _mtime(path: Path) -> float:
 
 def cell_env(*, gpus: Sequence[str] | None, cpus: int | None) -> dict[str, str]:
     """Environment of a cell process: ``CUDA_VISIBLE_DEVICES`` when ``gpus`` is given (None: keep
-    what is set, e.g. by Ray), ``OMP_NUM_THREADS`` so parallel CPU cells do not oversubscribe."""
+    what is set, e.g. by Ray), ``OMP_NUM_THREADS`` and ``WORKBENCH_CPU_THREADS`` (what
+    :func:`workbench.core.device.cpu_count` allows) so parallel CPU cells do not oversubscribe."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # train.log follows the cell as it runs
     if gpus is not None:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpus)
     if cpus:
-        env["OMP_NUM_THREADS"] = str(int(cpus))
+        env["OMP_NUM_THREADS"] = env[CPU_THREADS_ENV] = str(int(cpus))
     return env
 
 
