@@ -20,7 +20,10 @@ def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tm
     summary = pd.DataFrame({"arm": ["scratch", "fine-tune"], "seed": [0, 0], "fraction": [1.0, 1.0],
                             "split": ["test", "test"], "map50": [0.55, 0.83], "map50_95": [0.3, 0.5]})
     summary.to_csv(src / "summary.csv", index=False)
-    pd.DataFrame({"x": range(10)}).to_csv(src / "other.csv", index=False)
+    from workbench.core.paths import PROJECT_ROOT
+
+    runs = [str(PROJECT_ROOT / "outputs" / "notebooks" / "x" / "work" / "runs" / f"r{i}") for i in range(10)]
+    pd.DataFrame({"x": range(10), "run_dir": runs}).to_csv(src / "other.csv", index=False)
     fig = Figure(figsize=(4, 3))
     fig.subplots().plot([0, 1], [0, 1])
     save_figure(fig, src / "test_map50", caption="Test mAP50 per arm.", provenance={"runs": ["a"]})
@@ -33,6 +36,8 @@ def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tm
     assert {"summary.csv", "other.csv", "test_map50.png", "test_map50.pdf", "test_map50.caption.txt",
             "study.json", "provenance.json", "README.md"} <= names
     assert pd.read_csv(out / "summary.csv").equals(summary)
+    # committed results name no machine's folders: paths in the checkout become relative to it
+    assert pd.read_csv(out / "other.csv")["run_dir"].iloc[3] == "outputs/notebooks/x/work/runs/r3"
     assert (out / "test_map50.png").stat().st_size < (src / "test_map50.png").stat().st_size  # smaller PNG
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["wall_time_s"] == 125.0 and prov["fingerprints"] == {"fingerprint": {"sha256": "abc"}}
@@ -67,7 +72,7 @@ def test_publish_grid_labels_a_partial_grid_and_trains_nothing(tmp_path, monkeyp
     assert out == tmp_path / "outputs" / "results" / "99_fake_grid"
     readme = (out / "README.md").read_text()
     assert "**Partial result: 1 of 2 cells finished.**" in readme and "`b` (failed)" in readme
-    assert "--from-grid" in readme
+    assert "--only 99_fake_grid --from-grid`" in readme
     grid = json.loads((out / "provenance.json").read_text())["grid"]
     assert grid["done"] == 1 and grid["cells"] == 2 and grid["not_done"] == {"b": "failed"}
     assert pd.read_csv(out / "fake.csv")["cell"].tolist() == ["a"]
