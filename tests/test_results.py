@@ -23,7 +23,8 @@ def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tm
     from workbench.core.paths import PROJECT_ROOT
 
     runs = [str(PROJECT_ROOT / "outputs" / "notebooks" / "x" / "work" / "runs" / f"r{i}") for i in range(10)]
-    pd.DataFrame({"x": range(10), "run_dir": runs}).to_csv(src / "other.csv", index=False)
+    own = [str(tmp_path / "notebook" / "work" / "runs" / f"r{i}") for i in range(10)]  # this study's runs
+    pd.DataFrame({"x": range(10), "run_dir": runs, "own_run": own}).to_csv(src / "other.csv", index=False)
     fig = Figure(figsize=(4, 3))
     fig.subplots().plot([0, 1], [0, 1])
     save_figure(fig, src / "test_map50", caption="Test mAP50 per arm.", provenance={"runs": ["a"]})
@@ -33,11 +34,12 @@ def test_publish_copies_tables_small_figures_and_writes_readme_and_provenance(tm
         "captions": {"test_map50": "Test mAP50 per arm."}, "cells": []}))
     out = publish(src, "04_model_size", wall_s=125.0, params={"profile": "cpu"}, out=tmp_path / "published")
     names = {p.name for p in out.iterdir()}
-    assert {"summary.csv", "other.csv", "test_map50.png", "test_map50.pdf", "test_map50.caption.txt",
-            "study.json", "provenance.json", "README.md"} <= names
+    assert {"summary.csv", "other.csv", "test_map50.png", "test_map50.pdf",
+            "study.json", "provenance.json", "README.md"} <= names and "test_map50.caption.txt" not in names
     assert pd.read_csv(out / "summary.csv").equals(summary)
     # committed results name no machine's folders: paths in the checkout become relative to it
-    assert pd.read_csv(out / "other.csv")["run_dir"].iloc[3] == "outputs/notebooks/x/work/runs/r3"
+    assert pd.read_csv(out / "other.csv")["run_dir"].iloc[3] == "outputs/notebooks/x/work/runs/r3"  # not the study's
+    assert pd.read_csv(out / "other.csv")["own_run"].iloc[3] == "runs/r3"  # the study's: below its work folder
     assert (out / "test_map50.png").stat().st_size < (src / "test_map50.png").stat().st_size  # smaller PNG
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["wall_time_s"] == 125.0 and prov["fingerprints"] == {"fingerprint": {"sha256": "abc"}}

@@ -9,6 +9,7 @@ provenance (commit, dataset fingerprints, seeds, profile, wall time, device). Ne
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -132,30 +133,33 @@ def publish(study_results: str | Path, notebook: str, *, wall_s: float | None = 
         if summary is not None and summary != "summary":
             tables[summary].to_csv(tmp / "summary.csv", index=False)
         for name in doc.get("figures", []):
-            for suffix in (".pdf", ".caption.txt"):
-                if (src / f"{name}{suffix}").is_file():
-                    shutil.copy2(src / f"{name}{suffix}", tmp / f"{name}{suffix}")
+            # the caption is in the README and study.json, and embedded in the PDF: no .caption.txt
+            if (src / f"{name}.pdf").is_file():
+                shutil.copy2(src / f"{name}.pdf", tmp / f"{name}.pdf")
             if (src / f"{name}.png").is_file():
                 _small_png(src / f"{name}.png", tmp / f"{name}.png")
         write_text(tmp / "provenance.json", json.dumps(provenance, indent=2, default=str) + "\n")
         shutil.copy2(src / STUDY_FILE, tmp / STUDY_FILE)
         headline = tuple(t for t in cls.headline_tables if t in tables) or ((summary,) if summary else ())
         write_text(tmp / "README.md", readme(notebook, doc, tables, headline, provenance))
-        _project_relative(tmp)
+        _project_relative(tmp, work=src.parent / "work")
     return out
 
 
 TEXT_SUFFIXES = (".csv", ".json", ".md", ".txt")
 
 
-def _project_relative(folder: Path) -> None:
-    """Paths inside the checkout written relative to it in every text file of ``folder``: committed
-    results name no machine's folders (runs and datasets under ``outputs/`` stay findable)."""
-    root = str(PROJECT_ROOT.resolve())
+def _project_relative(folder: Path, *, work: Path) -> None:
+    """Committed results name no machine's folders: in every text file of ``folder``, the study's
+    run and data folders are written relative to its ``work`` folder (``runs/<id>``, ``data/<name>``),
+    other paths inside the checkout relative to the checkout."""
+    root, work = str(PROJECT_ROOT.resolve()), str(Path(work).resolve())
+    prefixes = [(work + "/", ""), (os.path.relpath(work, root) + "/", ""), (root + "/", ""), (root, ".")]
     for path in sorted(folder.iterdir()):
         if path.suffix in TEXT_SUFFIXES:
-            text = path.read_text(encoding="utf-8")
-            fixed = text.replace(root + "/", "").replace(root, ".")
+            text = fixed = path.read_text(encoding="utf-8")
+            for prefix, new in prefixes:
+                fixed = fixed.replace(prefix, new)
             if fixed != text:
                 write_text(path, fixed)
 
