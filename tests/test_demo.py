@@ -47,3 +47,5 @@ def test_the_default_demo_runs_one_real_model_and_inspects_its_own_test_images(t
     hard = jobs[4].params
     assert hard["split"] == "test" and hard["run"].startswith(str(tmp_path / held_out.slug / "work" / "runs"))
     assert "test" in set(pd.read_csv(f"{hard['dataset']}/meta.csv")["split"])  # the held-out copy 05 scores
+    assert hard["screenshot"] is True and "napari" in jobs[4].shows  # its hardest image as napari draws it
+    assert "True" not in jobs[4].slug

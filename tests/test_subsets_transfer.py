@@ -53,6 +53,8 @@ def test_cells_run_the_headline_first_and_respect_the_seed_subsets(tmp_path):
 
     study = PretrainVsScratchStudy("bccd", profile="cpu", out_dir=tmp_path, device="cpu")
     cells = [(c.config["arm"], c.config["seed"], c.config["fraction"]) for c in study.cells()]
+    assert cells[0] == (PRETRAIN, 0, 1.0)  # the one shared pretraining first
+    cells = cells[1:]
     assert cells[:6] == [(arm, seed, 1.0) for seed in (0, 1, 2) for arm in (SCRATCH, FINETUNE)]
     assert [c for c in cells if c[0] == EQUAL] == [(EQUAL, 0, 1.0)]
     below = [c for c in cells if c[2] < 1.0]
@@ -70,22 +72,25 @@ def test_headline_adds_the_spread_over_seeds():
     assert h.loc["max", "map50: fine-tune - scratch"] == pytest.approx(0.35)
 
 
-def test_cpu_profile_fine_tunes_every_seed_from_the_committed_source_model(tmp_path):
-    from workbench.core.paths import SOURCE_MODEL
+def test_cpu_profile_shares_one_pretraining_on_all_monuseg_tiles_across_seeds(tmp_path):
     from workbench.studies.pretrain_vs_scratch import PretrainVsScratchStudy
 
     study = PretrainVsScratchStudy("bccd", profile="cpu", out_dir=tmp_path)
     cells = study.cells()
-    assert not [c for c in cells if c.config["arm"] == PRETRAIN]  # no pretraining: the source model is shared
-    full = [c for c in cells if c.config["fraction"] == 1.0]
+    pre = [c for c in cells if c.config["arm"] == PRETRAIN]
+    assert [(c.key, c.config["seed"]) for c in pre] == [("pretrain_f100_s0", 0)]  # once, shared
+    assert cells[0] is pre[0]  # the fine-tunes wait for it: it runs first
+    full = [c for c in cells if c.config["fraction"] == 1.0 and c.config["arm"] != PRETRAIN]
     assert sorted({c.config["seed"] for c in full}) == [0, 1, 2]
     assert {c.config["arm"] for c in full} == {SCRATCH, FINETUNE, EQUAL}
     assert {c.config["seed"] for c in cells if c.config["fraction"] < 1.0} == {0}  # label efficiency: seed 0
-    fine = next(c for c in cells if c.config["arm"] == FINETUNE)
-    assert fine.needs == () and study.source_weights(fine) == SOURCE_MODEL / "weights" / "best.pt"
-    assert study.source_train_images() == 128  # the source run's training patches (equal compute counts them)
+    fine = [c for c in cells if c.config["arm"] == FINETUNE]
+    assert {c.needs for c in fine} == {("pretrain_f100_s0",)}
+    assert study.source_weights(fine[-1]) == study.run_dir("pretrain_f100_s0") / "weights" / "best.pt"
     p = study.profile
     assert (p.imgsz, p.batch, p.finetune_epochs) == (416, 16, 20)
+    assert (p.full_source, p.source_tile, p.pretrain_imgsz, p.pretrain_epochs) == (True, 320, 320, 30)
+    assert study.source_imgsz() == 320  # equal compute counts the source's pixels at the size it trained at
 
 
 def test_headline_is_fine_tune_minus_scratch_per_seed():

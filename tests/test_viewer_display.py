@@ -4,6 +4,7 @@ deprecation notice. The GUI tests need a display (make test: xvfb-run)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import numpy as np
 import pandas as pd
@@ -95,3 +96,43 @@ def test_napari_runs_on_qt6_without_the_pyqt5_deprecation_notice():
         assert not [m for m in messages if "PyQt5" in m or "deprecated" in m], messages
     finally:
         ins.close()
+
+
+def test_the_screenshot_process_gets_a_virtual_display_when_there_is_none(monkeypatch, tmp_path):
+    from workbench.inspection.viewer import inspector
+
+    monkeypatch.setenv("DISPLAY", ":7")
+    plain = inspector.screenshot_command("p.csv", "ds", tmp_path / "s.png", split="test", score_thr=0.4)
+    assert plain[1:4] == ["-m", "workbench", "inspect"] and plain[plain.index("--split") + 1] == "test"
+    assert plain[plain.index("--score-thr") + 1] == "0.4" and plain[plain.index("--screenshot") + 1] == str(tmp_path / "s.png")
+    monkeypatch.delenv("DISPLAY")
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    monkeypatch.setattr(inspector.shutil, "which", lambda name: "/usr/bin/xvfb-run" if name == "xvfb-run" else None)
+    wrapped = inspector.screenshot_command("p.csv", "ds", tmp_path / "s.png")
+    assert wrapped[:3] == ["/usr/bin/xvfb-run", "-a", "-s"]
+    assert wrapped[3] == "-screen 0 1280x1024x24"
+    assert wrapped[4:] == [sys.executable, "-m", "workbench", "inspect", "p.csv", "--gt", "ds", "--score-thr", "0.25",
+                           "--screenshot", str(tmp_path / "s.png")]
+    monkeypatch.setattr(inspector.shutil, "which", lambda name: None)
+    with pytest.raises(inspector.NoDisplayError, match="xvfb"):
+        inspector.screenshot_command("p.csv", "ds", tmp_path / "s.png")
+
+
+@gui[0]
+@gui[1]
+def test_the_napari_screenshot_becomes_a_figure_with_the_boxes_drawn(tmp_path):
+    from _tiny import tiny_bccd
+    from workbench.inspection import corrections
+    from workbench.inspection.viewer import screenshot_figure
+
+    ds = tiny_bccd(tmp_path / "bccd", n_train=1, n_val=2)
+    truth = corrections.read_version_boxes(ds)
+    pred = truth[truth.index % 3 != 0].drop(columns="class_id").assign(score=0.9)  # every 3rd box missed
+    pred.to_csv(tmp_path / "pred.csv", index=False)
+    files = screenshot_figure(tmp_path / "pred.csv", ds, tmp_path / "fig" / "napari_hardest", split="val",
+                              caption="hardest image")
+    assert [f.name for f in files] == ["napari_hardest.png", "napari_hardest.pdf", "napari_hardest.caption.txt"]
+    assert not list((tmp_path / "fig").glob(".*"))  # the raw screenshot is not left behind
+    shot = read_image(files[0])[0][..., :3].astype(int)
+    for role in ("fn", "gt_tp"):  # the missed and the found boxes' outlines, in their outcome colours
+        assert (np.abs(shot - np.array(DISPLAY_COLOURS[role])).sum(-1) < 40).sum() > 100, role

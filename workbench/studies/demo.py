@@ -40,7 +40,7 @@ class Job:
     @property
     def slug(self) -> str:
         """The job's folder name: the notebook and its parameter values (paths by their last part)."""
-        tail = "_".join(Path(str(v)).name for k, v in sorted(self.params.items()) if k not in ("profile", "run"))
+        tail = "_".join(Path(str(v)).name for k, v in sorted(self.params.items()) if k not in ("profile", "run", "screenshot"))
         return f"{self.notebook}__{tail}" if tail else self.notebook
 
 
@@ -114,9 +114,11 @@ def _real_model_jobs(out_dir: Path) -> list[Job]:
             "Dataset audit: MNFinder micronuclei (instance masks)", audit, vendored),
         held_out,
         Job("06_inspect_hard_cases", {"dataset": str(study.data), "split": "test", "run": str(study.detector_run),
-                                      "profile": DEMO},
+                                      "profile": DEMO, "screenshot": True},
             "Hard cases of the same detector on its held-out test images",
-            "No figure files: the notebook shows the hardest images as a gallery (static in its HTML)"),
+            "The hardest test image as the napari inspector draws it (labels and predictions coloured by outcome; "
+            "rendered under xvfb-run when there is no display); the notebook pages through the hardest images as a "
+            "gallery (static in its HTML)"),
     ]
 
 

@@ -3,8 +3,9 @@
 Arms, each trained with every seed of the profile:
 
 * ``pretrain (source)`` – a detector trained on H&E nuclei (MoNuSeg, tiled to patches), once per
-  seed; or the committed source model (``data/models/monuseg_yolov8n``, shared by every seed:
-  the captions say so) when the profile names it;
+  seed, or once (seed ``source_seed``) and shared by every seed when the budget needs it; or the
+  committed source model (``data/models/monuseg_yolov8n``, shared by every seed) when the profile
+  names it. The captions say which;
 * ``scratch`` – the same architecture trained on the target set from random weights;
 * ``fine-tune`` – initialised from the pretrained weights (matching layers; the class head
   is new), trained on the target set for the same number of epochs as ``scratch``;
@@ -15,9 +16,9 @@ Arms, each trained with every seed of the profile:
 * label efficiency – ``fine-tune`` and ``scratch`` on nested subsets of the target training
   images (fractions of the profile).
 
-Cells: one pretraining run per seed (none with a committed source model), then one cell per
-(arm, seed, fraction); a fine-tune cell needs its seed's pretraining cell and finds its weights
-in that cell's run folder.
+Cells: one pretraining run per seed (or one shared by every seed; none with a committed source
+model), then one cell per (arm, seed, fraction); a fine-tune cell needs its pretraining cell and
+finds its weights in that cell's run folder.
 
 Splits: the target's val split chooses each run's ``best.pt``; a test split that no training,
 early stopping or checkpoint choice saw is held out of val when the dataset ships none
@@ -62,11 +63,13 @@ class TransferProfile(Profile):
     target_train: float | int = 1.0  # cap on target training images: a share (float) or a count (int); 1.0 = all
     target_val: float | int = 1.0  # cap on target validation images, the same way
     source_tile: int = 640  # side of the patches MoNuSeg's images are cut into (px)
+    pretrain_imgsz: int | None = None  # image size of the source pretraining (px); None: imgsz
     full_source: bool = False  # use the fuller ../shared copy of MoNuSeg when present
     equal_compute: bool = True  # also train the equal-compute scratch arm (all target images)
     batch: int | None = None  # training batch (images); None: what fits the device
     source_model: str | None = None  # a finished source run folder (e.g. data/models/monuseg_yolov8n) to fine-tune
     #   from, shared by every seed, instead of pretraining per seed; None: pretrain in the study
+    source_seed: int | None = None  # pretrain once with this seed and share it across seeds; None: once per seed
     fraction_seeds: tuple[int, ...] | None = None  # seeds of the label-efficiency runs (fractions < 1); None: all seeds
     equal_seeds: tuple[int, ...] | None = None  # seeds of the equal-compute arm; None: all seeds
     test_fraction: float = 0.5  # share of the target's val images held out as test when it ships no test split
@@ -78,15 +81,16 @@ PROFILES = {
     "smoke": TransferProfile("smoke", imgsz=160, pretrain_epochs=1, finetune_epochs=2, seeds=(0,),
                              fractions=(0.5, 1.0), target_train=16, target_val=8, source_tile=256, batch=8),
     # 2 CPU cores: what is known to learn here (yolov8n, BCCD at 416 px, batch 16, 20 epochs ~ 15 min per run;
-    # smaller sets or batches do not learn platelets). The committed MoNuSeg source model is shared by the
-    # three seeds (pretraining it took 30 epochs, ~12 min on idle cores); equal compute adds its pixels
-    # seen (30 x 128 patches at 320 px / 205 target images at 416 px = 12 epochs). 3 seeds x (scratch 20 +
-    # fine-tune 20) + equal compute 32 epochs (seed 0) + label efficiency (10/25/50 %, seed 0, both arms):
-    # ~2.3 h on 2 idle cores. The cells run headline first (every seed at 100 %), so a partial run still
-    # answers the main question.
+    # smaller sets or batches do not learn platelets). The source is pretrained in the study on all 13 MoNuSeg
+    # tiles of ../shared (320 px patches, 30 epochs, ~12 min), once (seed 0) and shared by the three seeds;
+    # the committed source model saw only 8 tiles, and fine-tuning from it did not learn platelets.
+    # Equal compute adds the pretraining's pixels seen. 3 seeds x (scratch 20 + fine-tune 20) + equal compute
+    # (seed 0) + label efficiency (10/25/50 %, seed 0, both arms). The cells run headline first (every seed
+    # at 100 %), so a partial run still answers the main question.
     "cpu": TransferProfile("cpu", imgsz=416, finetune_epochs=20, seeds=(0, 1, 2), fractions=(0.1, 0.25, 0.5, 1.0),
-                           batch=16, source_model="data/models/monuseg_yolov8n", pretrain_epochs=30,
-                           source_tile=320, fraction_seeds=(0,), equal_seeds=(0,)),
+                           batch=16, pretrain_epochs=30, source_tile=320, pretrain_imgsz=320, full_source=True,
+                           source_seed=0,
+                           fraction_seeds=(0,), equal_seeds=(0,)),
     # a GPU: all data, 640 px, three seeds, the full label-efficiency curve
     "full": TransferProfile("full", imgsz=640, pretrain_epochs=100, finetune_epochs=100,
                             source_tile=640, full_source=True),
@@ -168,9 +172,10 @@ class PretrainVsScratchStudy(Study):
         # headline first (every seed at 100 %), then equal compute, then label efficiency: a run cut short
         # (or a grid still going) has answered the main question before the curves
         p, out = self.profile, []
-        pre = {seed: run_key(PRETRAIN, seed, 1.0) for seed in p.seeds}
+        pre_seeds = p.seeds if p.source_seed is None else (p.source_seed,)
+        pre = {seed: run_key(PRETRAIN, seed if p.source_seed is None else p.source_seed, 1.0) for seed in p.seeds}
         if p.source_model is None:
-            out += [self.cell(pre[seed], arm=PRETRAIN, seed=seed, fraction=1.0) for seed in p.seeds]
+            out += [self.cell(run_key(PRETRAIN, seed, 1.0), arm=PRETRAIN, seed=seed, fraction=1.0) for seed in pre_seeds]
         needs = {seed: [] if p.source_model else [pre[seed]] for seed in p.seeds}
         fracs = sorted({min(float(f), 1.0) for f in p.fractions}, reverse=True)
         for frac in fracs:
@@ -195,6 +200,7 @@ class PretrainVsScratchStudy(Study):
         seed, frac = int(cell.config["seed"]), float(cell.config["fraction"])
         ds = self.source if arm == PRETRAIN else self.targets[(seed, frac)]
         epochs = p.pretrain_epochs if arm == PRETRAIN else p.finetune_epochs
+        imgsz = self.source_imgsz() if arm == PRETRAIN else p.imgsz
         if arm == EQUAL:
             epochs = equal_compute_epochs(p, self.source_train_images(), n_train(ds), self.source_imgsz())
         pretrained = None
@@ -202,7 +208,7 @@ class PretrainVsScratchStudy(Study):
             pretrained = self.source_weights(cell)
             if not pretrained.is_file():
                 raise FileNotFoundError(f"{cell.key} needs the pretraining cell {cell.needs[0]} first ({pretrained})")
-        run_dir = self.train_or_reuse(self.run_dir(cell.key), ds, model=p.model, epochs=epochs, imgsz=p.imgsz,
+        run_dir = self.train_or_reuse(self.run_dir(cell.key), ds, model=p.model, epochs=epochs, imgsz=imgsz,
                                       batch=p.batch, seed=seed, pretrained=pretrained)
         rec = load_run(run_dir)
         m = rec["metrics"]
@@ -237,7 +243,7 @@ class PretrainVsScratchStudy(Study):
             from workbench.models.runs import read_run_record
 
             return int(read_run_record(resolve_source(self.profile.source_model))["config"]["imgsz"])
-        return self.profile.imgsz
+        return self.profile.pretrain_imgsz or self.profile.imgsz
 
     def _final_metrics(self, run_dir: Path, dataset: Path, *, split: str = "test") -> dict[str, Any]:
         """Scores of the run's best weights (chosen on val) on ``split`` (test for every target run), by
@@ -299,8 +305,11 @@ class PretrainVsScratchStudy(Study):
                 "label_efficiency": "Test-split mAP50 against the share of target training images"
                                     + (f" (seeds {list(p.fraction_seeds)} below 100 %)" if p.fraction_seeds else "")
                                     + "."}.get(name, "")
+        tiles = "all MoNuSeg tiles of ../shared" if p.full_source else "the vendored MoNuSeg tiles"
         source = (f"the committed source model {p.source_model} (shared by every seed)" if p.source_model
-                  else "a MoNuSeg pretraining run per seed")
+                  else f"one MoNuSeg pretraining run (seed {p.source_seed}, {tiles}, {p.pretrain_epochs} epochs, "
+                       f"shared by every seed)" if p.source_seed is not None
+                  else f"a MoNuSeg pretraining run per seed ({tiles}, {p.pretrain_epochs} epochs)")
         test_n = int(runs["test_images"].max()) if "test_images" in runs and len(runs) else 0
         return (f"{what} Pretrain (MoNuSeg H&E nuclei) vs scratch on {Path(self.dataset).name}: fine-tune starts "
                 f"from {source}. Profile {p.name}: {p.model}, {p.imgsz} px, batch {p.batch or 'auto'}, "
@@ -312,7 +321,7 @@ class PretrainVsScratchStudy(Study):
 
     def settings(self) -> dict[str, Any]:
         return {"source": str(self.profile.source_model or self.source), "source_train_images": self.source_train_images(),
-                "source_shared_across_seeds": self.profile.source_model is not None,
+                "source_shared_across_seeds": self.profile.source_model is not None or self.profile.source_seed is not None,
                 "targets": {f"seed{s}_f{f}": str(d) for (s, f), d in self.targets.items()}}
 
 

@@ -18,6 +18,8 @@ where the last fit put it (a view the user zoomed or panned is left alone).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -32,7 +34,7 @@ from workbench.inspection.viewer.layers import (
     readable_on, rgba, update_box_layer)
 
 __all__ = ["Inspector", "NoDisplayError", "has_display", "import_napari", "open_image", "open_queue",
-           "require_display", "screenshot"]
+           "require_display", "screenshot", "screenshot_command", "screenshot_figure"]
 
 GT_LAYER = "labels (editable)"
 PRED_LAYER = "predictions"
@@ -463,3 +465,59 @@ def screenshot(queue: HardCaseQueue, path: str | Path, *, image: str | int = 0,
         return path
     finally:
         ins.close()
+
+
+XVFB_SCREEN = "1280x1024x24"  # the virtual screen xvfb-run gives the screenshot process
+
+
+def screenshot_command(pred: str | Path, gt: str | Path, png: str | Path, *, split: str | None = None,
+                       score_thr: float = 0.25, image: str | None = None) -> list[str]:
+    """The ``inspect --screenshot`` command line, under ``xvfb-run`` when this machine has no display
+    but has xvfb-run; :class:`NoDisplayError` when it has neither."""
+    cmd = [sys.executable, "-m", "workbench", "inspect", str(pred), "--gt", str(gt), "--score-thr", str(score_thr),
+           "--screenshot", str(png)]
+    cmd += ["--split", split] if split else []
+    cmd += ["--image", image] if image is not None else []
+    if has_display():
+        return cmd
+    xvfb = shutil.which("xvfb-run")
+    if xvfb is None:
+        require_display()  # raises, saying what to install
+    return [xvfb, "-a", "-s", f"-screen 0 {XVFB_SCREEN}", *cmd]
+
+
+def screenshot_figure(pred: str | Path, gt: str | Path, stem: str | Path, *, split: str | None = None,
+                      score_thr: float = 0.25, image: str | None = None, caption: str = "",
+                      timeout_s: float = 600) -> list[Path]:
+    """Render one image of the hard-case queue (default: the hardest) in napari and save it as a
+    figure (``stem.png`` + ``stem.pdf`` with its caption, like every figure of the workbench).
+
+    napari runs in its own process (``python -m workbench inspect ... --screenshot``, under
+    ``xvfb-run`` on a headless machine): a notebook kernel that already imported ultralytics or
+    cv2 can make Qt abort on loading its platform plugin. Raises :class:`NoDisplayError` without
+    a display or xvfb-run, and ``RuntimeError`` (with the process's output) when the render fails.
+    """
+    from matplotlib.figure import Figure
+
+    from workbench.core.images import read_image
+    from workbench.report.figures import save_figure
+
+    stem = Path(stem)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    raw = stem.with_name(f".{stem.name}.napari.png")
+    cmd = screenshot_command(pred, gt, raw, split=split, score_thr=score_thr, image=image)
+    env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM_PLUGIN_PATH"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    if done.returncode != 0 or not raw.is_file():
+        raise RuntimeError(f"napari screenshot of {pred} on {gt} failed (exit {done.returncode}):\n"
+                           f"{(done.stdout + done.stderr)[-2000:]}")
+    try:
+        shot = read_image(raw)[0][..., :3]
+    finally:
+        raw.unlink(missing_ok=True)
+    h, w = shot.shape[:2]
+    fig = Figure(figsize=(10, 10 * h / w))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(shot)
+    ax.set_axis_off()
+    return save_figure(fig, stem, caption=caption, dpi=150)
