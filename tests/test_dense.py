@@ -169,6 +169,45 @@ def test_windows_cover_the_image_and_blend():
     assert w[0] == pytest.approx(0.25) and w[3] == 1.0 and (w > 0).all()
 
 
+def test_each_dihedral_view_maps_back_to_the_image():
+    img = np.arange(5 * 7 * 3).reshape(5, 7, 3)  # not square, not symmetric: any wrong inverse shows
+    seen = set()
+    for v in range(8):
+        view = inf.dihedral(img, v)
+        seen.add(view.tobytes() + bytes(view.shape))
+        assert np.array_equal(inf.dihedral(view, v, inverse=True), img)
+        chw = np.moveaxis(view, -1, 0)  # a probability map (C, H, W) of the view maps back the same way
+        assert np.array_equal(inf.dihedral(chw, v, axes=(1, 2), inverse=True), np.moveaxis(img, -1, 0))
+    assert len(seen) == 8  # eight different views
+    assert all(inf.dihedral(img, v).shape == img.shape for v in range(4))  # 2 and 4 views keep the shape
+
+
+def test_averaged_views_keep_a_pixelwise_network_exact_and_the_thresholds_record_them():
+    import torch
+
+    class Pixelwise(torch.nn.Module):  # a 1x1 convolution: the same answer in every view
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(1, 3, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (37, 53), dtype=np.uint8)
+    one = inf.probabilities(Pixelwise(), image, tile=32, overlap=8, multiple=8)
+    for views in (2, 4, 8):
+        many = inf.probabilities(Pixelwise(), image, tile=32, overlap=8, multiple=8, views=views)
+        assert many.shape == (3, 37, 53) and np.allclose(many, one, atol=1e-5), views
+    with pytest.raises(ValueError, match="views"):
+        inf.probabilities(Pixelwise(), image, tile=32, overlap=8, multiple=8, views=3)
+    assert inf.Thresholds.from_dict({"mn_prob": 0.6, "views": 8}).views == 8
+    assert inf.Thresholds.from_dict({"mn_prob": 0.6}).views == 1  # thresholds tuned before views existed
+    with pytest.raises(ValueError, match="views"):
+        inf.Thresholds(views=5)
+
+
 # ----------------------------------------------------------------------------- tuning
 
 @pytest.mark.slow

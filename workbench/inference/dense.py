@@ -2,7 +2,10 @@
 
 * :func:`probabilities` runs the network of :mod:`workbench.models.dense` over a whole image in
   overlapping windows (blended with linear ramps), giving background / nucleus / MN
-  probabilities per pixel.
+  probabilities per pixel; with ``views`` > 1 it averages them over rotated and mirrored
+  copies of the image (test-time augmentation, :func:`dihedral`), mapped back. The number of
+  views is part of the tuned operating point (``Thresholds.views``): thresholds tuned on
+  averaged maps are applied to averaged maps.
 * Post-processing is pure NumPy/SciPy over those maps (:func:`postprocess`): MN are the
   connected components (4-connected, as the masks importer counts them) of ``p_mn >=
   mn_prob`` with at least ``mn_min_size`` pixels; a component with two distance-transform
@@ -42,6 +45,7 @@ MN_PROB_GRID = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 MN_SIZE_GRID = (1, 2, 3, 4, 6, 9)
 NUCLEUS_PROB_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 SWEEP_COLUMNS = ["class", "prob", "min_size", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1"]
+VIEWS = (1, 2, 4, 8)  # dihedral views: identity; + its mirror; + the half turn of both; + the quarter turns
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,15 @@ class Thresholds:
     nucleus_min_size: int = 40  # px: smaller nucleus components are dropped
     split_depth: float | None = 1.0  # px of distance-transform peak depth that splits a MN component; None: never
     connectivity: int = 4  # 4 (the importer's and MNFinder's count) or 8
+    views: int = 1  # dihedral views averaged per image (1: none; 2, 4 or 8: test-time augmentation)
 
     def __post_init__(self) -> None:
         if not (0 < self.mn_prob < 1 and 0 < self.nucleus_prob < 1):
             raise ValueError(f"probability thresholds must lie in (0, 1), got {self.mn_prob}, {self.nucleus_prob}")
         if self.mn_min_size < 1 or self.nucleus_min_size < 1 or self.connectivity not in (4, 8):
             raise ValueError("minimum sizes must be >= 1 px and connectivity 4 or 8")
+        if self.views not in VIEWS:
+            raise ValueError(f"views must be one of {VIEWS}, got {self.views}")
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> "Thresholds":
@@ -83,10 +90,37 @@ def ramp(n: int, overlap: int) -> np.ndarray:
     return np.clip(np.minimum(i + 1, n - i) / max(overlap, 1), 1e-3, 1.0)
 
 
+def dihedral(array: np.ndarray, view: int, *, axes: tuple[int, int] = (0, 1), inverse: bool = False) -> np.ndarray:
+    """View ``view`` (0-7) of the dihedral group on two ``axes`` of ``array``: ``view % 4`` quarter
+    turns after a mirror of the second axis when ``view >= 4``; ``inverse=True`` maps a view back.
+    Order of :data:`VIEWS`: 2 views = identity and the mirror, 4 = + the half turn of each."""
+    order = (0, 4, 2, 6, 1, 5, 3, 7)[view]  # identity, mirror, half turns first: the cheap subsets come first
+    turns, mirror = order % 4, order >= 4
+    if not inverse:
+        out = np.flip(array, axis=axes[1]) if mirror else array
+        return np.rot90(out, turns, axes=axes)
+    out = np.rot90(array, -turns, axes=axes)
+    return np.flip(out, axis=axes[1]) if mirror else out
+
+
 def probabilities(model: Any, image: np.ndarray, *, tile: int, overlap: int, multiple: int, device: str = "cpu",
-                  batch: int = 4) -> np.ndarray:
+                  batch: int = 4, views: int = 1) -> np.ndarray:
     """Per-pixel class probabilities (C, H, W) of one 8-bit image (H, W[, C]) from overlapping
-    windows of ``tile`` px (reflect-padded to a ``multiple`` of the network's stride)."""
+    windows of ``tile`` px (reflect-padded to a ``multiple`` of the network's stride), averaged
+    over ``views`` dihedral views of the image (:func:`dihedral`, each mapped back)."""
+    if views not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}, got {views}")
+    total = None
+    for v in range(views):
+        p = _window_probabilities(model, np.ascontiguousarray(dihedral(image, v)), tile=tile, overlap=overlap,
+                                  multiple=multiple, device=device, batch=batch)
+        p = dihedral(p, v, axes=(1, 2), inverse=True)
+        total = p if total is None else total + p
+    return np.ascontiguousarray(total / views)
+
+
+def _window_probabilities(model: Any, image: np.ndarray, *, tile: int, overlap: int, multiple: int, device: str,
+                          batch: int) -> np.ndarray:
     import torch
 
     from workbench.core.device import all_cpu_threads
@@ -251,7 +285,7 @@ class DenseDetector:
             img = np.repeat(img[..., None], 3, axis=2)
         c = self.config
         return probabilities(self.model, img, tile=c.tile, overlap=c.tile_overlap, multiple=2 ** c.encoder_depth,
-                             device=self.device, batch=self.batch)
+                             device=self.device, batch=self.batch, views=self.thresholds.views)
 
     def __call__(self, image: np.ndarray) -> pd.DataFrame:
         return postprocess(self.probabilities(image), self.thresholds, mn_class=self.config.mn_class,
@@ -380,7 +414,8 @@ def tuning_images(record: Mapping[str, Any]) -> list[str]:
 def tune_thresholds(run_dir: str | Path, *, device: str | None = None, min_precision: float = 0.8,
                     base: Thresholds = Thresholds(), **grids: Sequence[float]) -> Thresholds:
     """Tune a dense run's thresholds on its validation images (see :func:`tuning_images`) and
-    write ``thresholds.json`` and ``val_sweep.csv`` into the run folder; returns them."""
+    write ``thresholds.json`` and ``val_sweep.csv`` into the run folder; returns them. The maps
+    are averaged over ``base.views`` views, as they will be wherever the thresholds are used."""
     from workbench.core.atomic import new_file, write_text
     from workbench.data.canonical import read_images
 

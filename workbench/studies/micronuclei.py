@@ -79,12 +79,13 @@ class MNProfile(Profile):
     approaches: tuple[str, ...] = APPROACHES  # approaches compared (guided needs the native and upsampled detectors)
     seed: int = 0  # seed of the tile sample, its train/val split and training
     dense: DenseConfig = DenseConfig()  # the dense approach's network, crops and training length (its seed: seed)
+    dense_views: int = 8  # dihedral views the dense maps are averaged over (thresholds tuned with them; 1: none)
 
 
 PROFILES = {
     # CI: the 2 vendored training images, one epoch: proves the pipeline, learns nothing
     "smoke": MNProfile("smoke", full_source=False, tile=160, scale=2, epochs=1, extra_epochs_upsampled=0, max_tiles=16,
-                       batch=8, guided_canvas=320,
+                       batch=8, guided_canvas=320, dense_views=1,
                        dense=DenseConfig(decoder_channels=(16, 8, 8), crop=64, batch=4, epochs=1, crops_per_epoch=8,
                                          val_crops=4)),
     # CPU (~30 min on 2 cores + ~25 min for the dense U-Net's 16 x 512 crops): 30 training images of ../shared,

@@ -59,7 +59,7 @@ def train_dense_cell(run_dir: Path, dataset: Path, prof: Any, *, device: str | N
     """Train the dense detector into ``run_dir`` (or reuse it when it finished with this config
     and data), tune its thresholds on its validation images when they are missing or older
     than its weights; one ``detector`` row (run id, training seconds)."""
-    from workbench.inference.dense import THRESHOLDS_FILE, tune_thresholds
+    from workbench.inference.dense import THRESHOLDS_FILE, Thresholds, read_thresholds, tune_thresholds
     from workbench.models.dense import dense_finished_with, train_dense
     from workbench.models.runs import read_run_record
 
@@ -71,10 +71,13 @@ def train_dense_cell(run_dir: Path, dataset: Path, prof: Any, *, device: str | N
             shutil.rmtree(run_dir)
         train_dense(dataset, config=cfg, device=device, run_name=run_dir.name, runs_root=run_dir.parent, log=log)
     weights, tuned = run_dir / "weights" / "best.pt", run_dir / THRESHOLDS_FILE
-    if not tuned.exists() or tuned.stat().st_mtime < weights.stat().st_mtime:
+    views = int(prof.dense_views)
+    if (not tuned.exists() or tuned.stat().st_mtime < weights.stat().st_mtime
+            or read_thresholds(run_dir)[0].views != views):
         t0 = time.perf_counter()
-        tune_thresholds(run_dir, device=device)
-        log(f"[micronuclei] dense thresholds tuned on validation images in {time.perf_counter() - t0:.0f} s")
+        tune_thresholds(run_dir, device=device, base=Thresholds(views=views))
+        log(f"[micronuclei] dense thresholds tuned on validation images ({views} view(s)) in "
+            f"{time.perf_counter() - t0:.0f} s")
     rec = read_run_record(run_dir)
     return [{"kind": "detector", "detector": DENSE, "run_id": run_dir.name, "train_s": rec.get("duration_s")}]
 
