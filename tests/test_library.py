@@ -142,3 +142,14 @@ def test_cli_levels_compose_and_add(source, tmp_path, capsys):
     with pytest.raises(ValueError, match="in several batches"):  # held-out images cannot join again
         _cli(["library", "add", str(tmp_path / "lib"), "--name", "b1", "--dataset", str(source),
               "--ids", str(tmp_path / "ids.txt"), "--out", str(tmp_path / "lib2")])
+    unused = sorted(set(_ids(source, "train")) - set(read_meta(tmp_path / "lib")["image_id"].astype(str)))
+    (tmp_path / "new.txt").write_text("\n".join(unused) + "\n")
+    capsys.readouterr()
+    assert _cli(["library", "add", str(tmp_path / "lib"), "--name", "b1", "--dataset", str(source),
+                 "--ids", str(tmp_path / "new.txt"), "--out", str(tmp_path / "lib3")]) == 0
+    out = capsys.readouterr().out
+    assert f"'b1': {len(unused)}" in out and "np." not in out  # plain numbers a user can read
+    (tmp_path / "none.txt").write_text("\n")
+    with pytest.raises(ValueError, match="'b2'.*no images"):  # an empty batch is an error, not a silent no-op
+        _cli(["library", "add", str(tmp_path / "lib"), "--name", "b2", "--dataset", str(source),
+              "--ids", str(tmp_path / "none.txt"), "--out", str(tmp_path / "lib4")])

@@ -89,7 +89,7 @@ def _cmd_add(a: argparse.Namespace) -> int:
     meta = dict(a.meta or [])
     add_batch(a.library, Batch(a.name, Path(a.dataset), ids, meta, a.weight, a.split), a.out, overwrite=a.overwrite)
     m = read_meta(a.out)
-    print(f"wrote {a.out}: {dict(m['batch'].value_counts())} images per batch")
+    print(f"wrote {a.out}: { {str(k): int(v) for k, v in m['batch'].value_counts().sort_index().items()} } images per batch")
     return 0
 
 

@@ -84,6 +84,9 @@ def _rows(batch: Batch, role: str) -> pd.DataFrame:
         if missing:
             raise ValueError(f"batch {batch.name!r}: {len(missing)} image(s) not in {batch.dataset}, e.g. {missing[:3]}")
         meta = meta.set_index("image_id").loc[want].reset_index()
+    if meta.empty:
+        raise ValueError(f"batch {batch.name!r}: no images (from {batch.dataset}"
+                         f"{', an empty id list' if batch.image_ids is not None else ''})")
     meta = meta.copy()
     meta["batch"] = batch.name
     meta["batch_role"] = role
