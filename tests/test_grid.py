@@ -105,6 +105,31 @@ def test_a_cell_locked_by_a_live_driver_is_left_alone_and_a_stale_lock_is_taken_
 
 
 @SUBPROCESSES
+def test_a_cell_starts_as_soon_as_the_cells_it_needs_are_done(tmp_path):
+    # pretraining, then its fine-tune before an independent cell listed after it (as notebook 03
+    # lists its headline cells): the fine-tune must not wait for every independent cell
+    study = fake(tmp_path, ("pre", "ok", 1), ("long", "ok", 6), ("ft", "ok", 0, ["pre"]), ("other", "ok", 0))
+    report = run_grid(study, progress=False, max_parallel=2)
+    assert set(report.table["state"]) == {"done"}
+    first = {k: starts(study, k)[0]["start"] for k in ("pre", "long", "ft", "other")}
+    assert first["ft"] < first["other"]  # ft took the slot pre freed (level by level, "other" would have)
+
+
+def test_the_local_queue_skips_waits_and_runs_in_the_study_order():
+    from workbench.studies.grid_engines import next_ready
+
+    verdicts = {"a": "wait", "b": "skip", "c": "run", "d": "run"}
+    queue = list("abcd")
+    seen = []
+    ready = lambda gc, active: seen.append(sorted(active)) or verdicts[gc]  # noqa: E731
+    assert next_ready(queue, {"r": 1}, ready, peek=True) == "c" and queue == ["a", "c", "d"]  # b dropped
+    assert seen[0] == ["a", "b", "c", "d", "r"]  # queued and running cells are the active ones
+    assert next_ready(queue, {}, ready) == "c" and queue == ["a", "d"]
+    verdicts["d"] = "wait"
+    assert next_ready(queue, {}, ready) is None and queue == ["a", "d"]
+
+
+@SUBPROCESSES
 def test_a_timeout_kills_the_cells_whole_process_group_grandchild_included(tmp_path):
     study = fake(tmp_path, ("slow", "grandchild", 300))
     report = run_grid(study, progress=False, timeout_s=8)

@@ -22,7 +22,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Collection, Mapping, Sequence
 
 import pandas as pd
 
@@ -146,10 +146,15 @@ def run_grid(study: Study, *, engine: str | Engine = "local", grid_dir: str | Pa
                                       "engine": eng.name, "started": utc_now(), "cells": [gc.name for gc in cells]})
     driver = _Driver(cells, grid_dir, rerun_failed=rerun_failed, log=study.log, progress=progress, engine=eng.name)
     try:
-        for level in levels(cells):
-            todo = [gc for gc in level if driver.wants(gc)]
-            if todo:
-                eng.run(todo, start=driver.start, finish=driver.finish)
+        if getattr(eng, "follows_needs", False):
+            # one queue in the study's order: a cell starts as soon as the cells it needs are done,
+            # so a headline cell that needs a pretraining run does not wait for every independent cell
+            eng.run(cells, start=driver.start, finish=driver.finish, ready=driver.readiness)
+        else:  # level by level: every cell of a level runs after the whole level before it
+            for level in levels(cells):
+                todo = [gc for gc in level if driver.wants(gc)]
+                if todo:
+                    eng.run(todo, start=driver.start, finish=driver.finish)
     finally:
         driver.close()
     table = gather(cells)
@@ -178,21 +183,30 @@ class _Driver:
         self.bar = _progress(len(self.cells), settled, progress, engine)
 
     def wants(self, gc: GridCell) -> bool:
-        """Run ``gc``? Not when done, failed (unless rerun_failed), or when a cell it needs failed
-        (then it fails too) or has not finished (another driver may be running it: it stays pending)."""
+        """Run ``gc`` now? (:meth:`readiness` with nothing queued in this driver.)"""
+        return self.readiness(gc, ()) == "run"
+
+    def readiness(self, gc: GridCell, active: Collection[GridCell]) -> str:
+        """``run``, ``wait`` or ``skip``. Skip a cell that is done, failed (unless rerun_failed), or
+        needs a cell that failed (it fails too) or that is unfinished and not ``active`` (queued or
+        running in this driver: another driver may hold it, so it stays pending); wait while a
+        cell it needs is active."""
         if is_done(gc.dir) or (read_status(gc.dir).get("state") == "failed" and not self.rerun_failed):
-            return False
+            return "skip"
         needs = [self.by_id[key] for k in gc.cell.get("needs", ()) if (key := self._id(gc, k)) in self.by_id]
-        failed = [n.cell_key for n in needs if read_status(n.dir).get("state") == "failed"]
+        unfinished = [n for n in needs if not is_done(n.dir)]
+        if any(n in active for n in unfinished):
+            return "wait"
+        failed = [n.cell_key for n in unfinished if read_status(n.dir).get("state") == "failed"]
         if failed:
             write_status(gc.dir, state="failed", error=f"needs {failed}, which did not finish", end=utc_now())
             self._update(1)
-            return False
-        waiting = [n.cell_key for n in needs if not is_done(n.dir)]
-        if waiting:
-            self.log(f"[grid] {gc.name}: waits for {waiting}, not finished here (locked by another driver?)")
-            return False
-        return True
+            return "skip"
+        if unfinished:
+            self.log(f"[grid] {gc.name}: waits for {[n.cell_key for n in unfinished]}, not finished here "
+                     "(locked by another driver?)")
+            return "skip"
+        return "run"
 
     @staticmethod
     def _id(gc: GridCell, key: str) -> tuple:

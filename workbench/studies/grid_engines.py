@@ -1,13 +1,16 @@
 """Where a grid's cells run: ``local`` (subprocesses on this machine) or ``ray`` (a Ray cluster).
 
-Both engines take the cells of one dependency level and two callbacks from the driver
-(:func:`workbench.studies.grid.run_grid`): ``start(cell, info) -> bool`` (takes the cell's lock;
-False skips the cell) and ``finish(cell, outcome)`` (records the result). Every cell runs as its
-own process group (:func:`~workbench.studies.grid_cells.cell_process`), under either engine.
+Both engines take cells and two callbacks from the driver (:func:`workbench.studies.grid.run_grid`):
+``start(cell, info) -> bool`` (takes the cell's lock; False skips the cell) and ``finish(cell,
+outcome)`` (records the result). Every cell runs as its own process group
+(:func:`~workbench.studies.grid_cells.cell_process`), under either engine.
 
 - :class:`LocalEngine` (the default, needs nothing): up to ``max_parallel`` cell processes; GPU ids
   handed out round-robin through ``CUDA_VISIBLE_DEVICES`` (``gpus_per_cell`` each, never shared).
-- :class:`RayEngine`: each cell is a Ray task ``num_gpus=gpus_per_cell, num_cpus=cpus_per_cell``
+  It follows the cells' needs itself (``follows_needs``): it gets every cell in the study's order
+  and a third callback, ``ready(cell, active) -> "run" | "wait" | "skip"``, and starts the first
+  queued cell that is ready whenever a slot is free.
+- :class:`RayEngine` (given one dependency level at a time): each cell is a Ray task ``num_gpus=gpus_per_cell, num_cpus=cpus_per_cell``
   that starts the cell process; Ray sets ``CUDA_VISIBLE_DEVICES`` per task, places tasks across
   the cluster's nodes, and re-runs a task whose cell crashed (killed by a signal) or whose worker
   died, once (``max_retries=1``); cells are idempotent, so a retry redoes only unfinished work.
@@ -23,7 +26,7 @@ import socket
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Collection, Mapping, Protocol, Sequence
 
 from workbench.core.device import cpu_count
 from workbench.studies.grid_cells import (
@@ -31,6 +34,7 @@ from workbench.studies.grid_cells import (
 
 Start = Callable[[GridCell, dict[str, Any]], bool]
 Finish = Callable[[GridCell, dict[str, Any]], None]
+Ready = Callable[[GridCell, Collection[GridCell]], str]  # "run", "wait" or "skip"
 ENGINES = ("local", "ray")
 POLL_S = 0.2
 
@@ -93,15 +97,19 @@ class LocalEngine:
         cpus = self.cpus_per_cell or max(1, cpu_count() // parallel)
         return gpus, per, max(1, parallel), cpus
 
-    def run(self, cells: Sequence[GridCell], *, start: Start, finish: Finish) -> None:
+    follows_needs = True
+
+    def run(self, cells: Sequence[GridCell], *, start: Start, finish: Finish, ready: Ready | None = None) -> None:
         gpus, per, parallel, cpus = self.plan()
         free = deque(gpus)  # released ids go to the back: round-robin over the GPUs
-        queue = deque(cells)
+        queue = list(cells)
         running: dict[GridCell, tuple[GroupProcess, list[str]]] = {}
         try:
             while queue or running:
                 while queue and len(running) < parallel:
-                    gc = queue.popleft()
+                    gc = next_ready(queue, running, ready)
+                    if gc is None:
+                        break
                     ids = [free.popleft() for _ in range(per)]
                     if not start(gc, {"host": socket.gethostname(), "gpus": ",".join(ids)}):
                         free.extend(ids)
@@ -114,12 +122,29 @@ class LocalEngine:
                         del running[gc]
                         free.extend(ids)
                         finish(gc, collect(gc.dir, rc=rc, timed_out=proc.timed_out, timeout_s=self.timeout_s))
+                if queue and not running and next_ready(queue, running, ready, peek=True) is None:
+                    break  # only cells waiting on cells that will not run here: nothing can start
                 time.sleep(POLL_S)
         finally:  # the driver was interrupted: no cell process outlives it
             for gc, (proc, _) in running.items():
                 proc.kill()
                 finish(gc, {"state": "failed", "error": "interrupted (the grid driver stopped)", "rows": None,
                             "status": {}, "rc": None, "crashed": False})
+
+
+def next_ready(queue: list[GridCell], running: Mapping[GridCell, Any], ready: Ready | None, *,
+               peek: bool = False) -> GridCell | None:
+    """The first cell of ``queue`` that ``ready`` says may run, taken out of the queue (left in with
+    ``peek``); cells it says to skip are dropped. None when every queued cell waits."""
+    for gc in list(queue):
+        verdict = "run" if ready is None else ready(gc, {*queue, *running})
+        if verdict == "skip":
+            queue.remove(gc)
+        elif verdict == "run":
+            if not peek:
+                queue.remove(gc)
+            return gc
+    return None
 
 
 # ----------------------------------------------------------------------------- ray
