@@ -112,8 +112,9 @@ def test_summary_and_epoch_table_are_flat_tables_over_seeds():
         {"arm": SCRATCH, "seed": 0, "fraction": 1.0, "map50": 0.2, "map50_95": 0.1, "duration_s": 2.0, "run_id": "a"},
         {"arm": SCRATCH, "seed": 1, "fraction": 1.0, "map50": 0.4, "map50_95": 0.3, "duration_s": 4.0, "run_id": "b"},
     ])
-    s = by_arm(runs)
+    s = by_arm(runs.assign(ap50_nucleus=[0.9, None, None], ap50_RBC=[None, 0.5, 0.7]))
     assert s["arm"].tolist() == [SCRATCH]  # pretraining is not an arm of the comparison
+    assert "ap50_RBC_mean" in s and not any("nucleus" in c for c in s.columns)  # no column of the source's class
     assert s.loc[0, ["map50_mean", "map50_min", "map50_max"]].tolist() == pytest.approx([0.3, 0.2, 0.4])
     assert s.loc[0, "n_seeds"] == 2
     per_run = summary(runs.assign(split="test"))

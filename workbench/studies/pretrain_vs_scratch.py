@@ -350,16 +350,21 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per trained target run (pretraining left out): the test-split scores with their
     bootstrap intervals, per-class AP50, sizes and the run id."""
     r = runs[runs["arm"] != PRETRAIN]
-    extra = [c for c in r.columns if c.startswith("ap50_")] + [
+    extra = target_classes(r) + [
         c for c in ("train_images", "test_images", "epochs", "duration_s", "run_id") if c in r.columns]
     cols = [c for c in SUMMARY_COLUMNS if c in r.columns] + extra
     return r[cols].sort_values(["fraction", "arm", "seed"]).reset_index(drop=True)
 
 
+def target_classes(runs: pd.DataFrame) -> list[str]:
+    """The per-class AP columns the target runs have (the source's classes, e.g. nucleus, left out)."""
+    return [c for c in runs.columns if c.startswith("ap50_") and runs[c].notna().any()]
+
+
 def by_arm(runs: pd.DataFrame) -> pd.DataFrame:
     """Test scores per arm and fraction (pretraining left out): mean, min, max over seeds, and the seeds."""
     r = runs[runs["arm"] != PRETRAIN]
-    values = ["map50", "map50_95", *[c for c in r.columns if c.startswith("ap50_")], "duration_s"]
+    values = ["map50", "map50_95", *target_classes(r), "duration_s"]
     t = r.groupby(["arm", "fraction"])[[v for v in values if v in r.columns]].agg(["mean", "min", "max"]).round(4)
     t.columns = [f"{metric}_{stat}" for metric, stat in t.columns]
     return t.join(r.groupby(["arm", "fraction"])["seed"].nunique().rename("n_seeds")).reset_index()
