@@ -79,9 +79,11 @@ def arm_comparison(table: pd.DataFrame, *, y: str = "map50", group: str = "arm",
             ax.errorbar(xs, g[y], yerr=err, fmt="o", color=colours[arm], ecolor="k", elinewidth=1, capsize=3, ms=5)
         else:
             ax.plot(xs, g[y], "o", color=colours[arm], ms=5)
-        ax.annotate(f"{g[y].mean():.3f}", (i, g[y].mean()), textcoords="offset points", xytext=(0, 4),
+        # the mean above the highest interval, so it never sits on a seed's point or error bar
+        top = float(np.nanmax(g[f"{y}_hi"])) if f"{y}_hi" in g and g[f"{y}_hi"].notna().any() else float(g[y].max())
+        ax.annotate(f"mean {g[y].mean():.3f}", (i, top), textcoords="offset points", xytext=(0, 5),
                     ha="center", fontsize=8)
     ax.set_xticks(range(len(arms)), arms, fontsize=8)
-    ax.set(ylabel=y, title=title, ylim=(0, 1))
+    ax.set(ylabel=y, title=title, ylim=(0, 1.05))
     fig.tight_layout()
     return fig
