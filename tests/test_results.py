@@ -75,6 +75,7 @@ def test_publish_grid_labels_a_partial_grid_and_trains_nothing(tmp_path, monkeyp
     readme = (out / "README.md").read_text()
     assert "**Partial result: 1 of 2 cells finished.**" in readme and "`b` (failed)" in readme
     assert "--only 99_fake_grid --from-grid`" in readme
+    assert "summed cell time" in readme and "wall time" not in readme  # a grid's time is not a wall time
     grid = json.loads((out / "provenance.json").read_text())["grid"]
     assert grid["done"] == 1 and grid["cells"] == 2 and grid["not_done"] == {"b": "failed"}
     assert pd.read_csv(out / "fake.csv")["cell"].tolist() == ["a"]

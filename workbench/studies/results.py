@@ -205,7 +205,8 @@ def readme(notebook: str, doc: dict[str, Any], tables: dict[str, pd.DataFrame], 
     prof = doc.get("profile") or {}
     wall = provenance.get("wall_time_s")
     lines = [f"# {notebook}: `{prof.get('name')}` profile", "",
-             f"Dataset `{doc.get('dataset')}`; wall time {'-' if wall is None else f'{wall / 60:.1f} min'} on "
+             f"Dataset `{doc.get('dataset')}`; {'summed cell time' if provenance.get('grid') else 'wall time'} "
+             f"{'-' if wall is None else f'{wall / 60:.1f} min'} on "
              f"{provenance['device'].get('name') or provenance['device'].get('device')} "
              f"({provenance['device'].get('cpu_count')} CPU cores); commit "
              f"`{(provenance.get('git') or {}).get('commit', '?')}`"
@@ -216,8 +217,10 @@ def readme(notebook: str, doc: dict[str, Any], tables: dict[str, pd.DataFrame], 
     if grid and grid["done"] < grid["cells"]:
         lines += [f"**Partial result: {grid['done']} of {grid['cells']} cells finished.** Not yet finished: "
                   + ", ".join(f"`{c}` ({s})" for c, s in grid["not_done"].items())
-                  + ". The tables and figures below hold the finished cells only; the wall time is their "
-                  "summed training and evaluation time.", ""]
+                  + ". The tables and figures below hold the finished cells only.", ""]
+    if grid:
+        lines += ["Run as a grid, cell by cell (`python -m workbench grid`): the time above is the cells' summed "
+                  "training and evaluation time, which overstates the profile when cells shared the machine.", ""]
     for name in headline:
         if name in tables:
             lines += [f"## {name}", "", markdown_table(tables[name]), ""]
