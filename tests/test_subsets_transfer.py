@@ -143,3 +143,12 @@ def test_cells_one_per_arm_seed_and_fraction_fine_tune_needs_its_seeds_pretraini
         json.dumps(c.to_dict())  # plain JSON, runnable elsewhere
         assert c.needs == ((f"pretrain_f100_s{c.config['seed']}",) if c.config["arm"] == FINETUNE else ())
     assert study.run_dir("pretrain_f100_s1") == tmp_path / "work" / "runs" / "pretrain_f100_s1"
+
+
+def test_curve_legends_say_how_many_seeds_each_point_has():
+    from workbench.report.study_plots import metric_curves
+
+    t = pd.DataFrame({"arm": [FINETUNE] * 4, "fraction": [0.5, 1.0, 1.0, 1.0], "map50": [0.5, 0.8, 0.85, 0.9],
+                      "seed": [0, 0, 1, 2]})
+    fig = metric_curves(t, x="fraction", y="map50")
+    assert [x.get_text() for x in fig.axes[0].get_legend().get_texts()] == [f"{FINETUNE} (n=1-3 per point)"]

@@ -34,7 +34,9 @@ def metric_curves(table: pd.DataFrame, *, x: str = "epoch", y: str = "mAP50", hu
     colours = palette(sorted(table[hue].unique()))
     for arm, g in table.groupby(hue, sort=True):
         s = g.groupby(x)[y].agg(["mean", "min", "max", "count"]).reset_index()
-        ax.plot(s[x], s["mean"], marker="o", ms=3, color=colours[arm], label=f"{arm} (n={int(s['count'].max())})")
+        lo, hi = int(s["count"].min()), int(s["count"].max())  # seeds per point (fewer below 100 % in 03)
+        ax.plot(s[x], s["mean"], marker="o", ms=3, color=colours[arm],
+                label=f"{arm} (n={lo if lo == hi else f'{lo}-{hi}'} per point)")
         ax.fill_between(s[x], s["min"], s["max"], color=colours[arm], alpha=0.2, linewidth=0)
     ax.set(xlabel=x, ylabel=ylabel or y, title=title)
     ax.set_ylim(bottom=0)
