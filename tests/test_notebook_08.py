@@ -136,12 +136,12 @@ def test_one_cell_per_detector_then_the_evaluation(tmp_path):
         micronuclei.MicronucleiStudy("bccd")
 
 
-def test_detectors_are_shared_with_notebook_07_by_default():
+def test_detectors_are_shared_with_notebook_07_by_default(tmp_path):
     from workbench.core.paths import outputs_dir
 
-    study = micronuclei.MicronucleiStudy(profile="cpu", out_dir="/tmp/elsewhere")
+    study = micronuclei.MicronucleiStudy(profile="cpu", out_dir=tmp_path / "elsewhere")
     assert study.work_dir == outputs_dir() / "micronuclei" / "cpu"
-    assert study.results_dir == Path("/tmp/elsewhere") / "results"
+    assert study.results_dir == tmp_path / "elsewhere" / "results"
 
 
 def test_a_continued_run_older_than_its_first_run_is_stale(tmp_path):
