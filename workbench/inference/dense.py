@@ -91,10 +91,11 @@ def ramp(n: int, overlap: int) -> np.ndarray:
 
 
 def dihedral(array: np.ndarray, view: int, *, axes: tuple[int, int] = (0, 1), inverse: bool = False) -> np.ndarray:
-    """View ``view`` (0-7) of the dihedral group on two ``axes`` of ``array``: ``view % 4`` quarter
-    turns after a mirror of the second axis when ``view >= 4``; ``inverse=True`` maps a view back.
-    Order of :data:`VIEWS`: 2 views = identity and the mirror, 4 = + the half turn of each."""
-    order = (0, 4, 2, 6, 1, 5, 3, 7)[view]  # identity, mirror, half turns first: the cheap subsets come first
+    """View ``view`` (0-7) of the dihedral group on two ``axes`` of ``array`` (a mirror of the
+    second axis and/or quarter turns); ``inverse=True`` maps a view back. Views 0-1 are the
+    identity and the mirror, 2-3 their half turns (the shape is kept), 4-7 the quarter turns, so
+    the first 1, 2, 4 or 8 views are the subsets :data:`VIEWS` allows."""
+    order = (0, 4, 2, 6, 1, 5, 3, 7)[view]  # code: quarter turns (order % 4), mirrored when order >= 4
     turns, mirror = order % 4, order >= 4
     if not inverse:
         out = np.flip(array, axis=axes[1]) if mirror else array
