@@ -162,3 +162,39 @@ def test_every_study_names_its_profiles_the_same_way():
         assert pick("smoke", profiles) is profiles["smoke"] and pick(profiles["full"], profiles) is profiles["full"]
     with pytest.raises(ValueError, match=r"unknown profile 'fast'; known: \['cpu', 'demo', 'full', 'smoke'\]"):
         pick("fast", it.PROFILES)
+
+
+def test_map_is_scored_on_the_ranked_tables_and_the_rates_at_the_operating_point():
+    """A platelet found only at score 0.05 has AP50 1 (ranked tables), yet counts as missed in the
+    rates at the operating point that drops it: mAP is never cut at an operating threshold."""
+    from workbench.evaluation.files import GroundTruth
+    from workbench.inference.cascade import fuse
+
+    classes = ["Platelets", "RBC", "WBC"]
+    gt_boxes = pd.DataFrame([
+        {"image": "a", "class": "RBC", "x1": 10, "y1": 10, "x2": 40, "y2": 40},
+        {"image": "a", "class": "Platelets", "x1": 60, "y1": 60, "x2": 70, "y2": 70},
+        {"image": "b", "class": "WBC", "x1": 20, "y1": 20, "x2": 80, "y2": 80}])
+    meta = pd.DataFrame({"image_id": ["a", "b"], "width": [100, 100], "height": [100, 100]}).set_index("image_id")
+    gt = GroundTruth(gt_boxes, ["a", "b"], classes, meta, None, "hand-built")
+
+    def cascade(rows: list[tuple]) -> pd.DataFrame:
+        det = pd.DataFrame(rows, columns=["image", "x1", "y1", "x2", "y2", "class", "score"])
+        probs = np.array([[1.0 if c == k else 0.0 for k in classes] for c in det["class"]])
+        return fuse(det, probs, classes, cls_thr=0.5)
+
+    high = [("a", 10, 10, 40, 40, "RBC", 0.9), ("b", 20, 20, 80, 80, "WBC", 0.9)]
+    operating = cascade(high)  # the platelet at 0.05 is under det_conf
+    ranked = cascade(high + [("a", 60, 60, 70, 70, "Platelets", 0.05)])
+    systems = lambda t: {"detector-only": t, "cascade": t}  # noqa: E731 (same boxes, enough here)
+    timing = pd.DataFrame([{"system": s, "seconds": 1.0} for s in it.SYSTEMS])
+    out = it.score_systems(gt, systems(operating), systems(ranked), timing, positive=["WBC", "Platelets"],
+                           normal=["RBC"], preset="chromosome_aberrations", n_boot=20)
+
+    det = out["detection"].set_index("system")
+    assert det.loc["cascade", "ap50_Platelets"] == pytest.approx(1.0)
+    assert det.loc["cascade", "map50"] == pytest.approx(1.0)
+    assert det.loc["cascade", "score_floor"] == pytest.approx(0.05)
+    missed = out["error_cells"]
+    assert missed.loc[missed["error"] == "missed", "gt_class"].tolist() == ["Platelets"]
+    assert len(out["predictions_cascade"]) == 2

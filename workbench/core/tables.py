@@ -22,6 +22,9 @@ BOX_COLUMNS = ["x1", "y1", "x2", "y2", "class", "score"]  # one image's detectio
 MAX_DET = 1000
 # Per whole large image after tiles are merged (many tiles' worth of boxes).
 MAX_DET_LARGE = 3000
+# Score floor of the predictions mAP is computed from: the whole precision-recall curve (ultralytics'
+# val uses the same), never an operating threshold.
+MAP_CONF = 0.001
 
 
 def utc_now() -> str:

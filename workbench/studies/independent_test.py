@@ -6,7 +6,9 @@ or fine-tuned from the committed MoNuSeg source model when the profile says so) 
 classifier trained on train, early-stopped on val (or given as run folders) -> thresholds
 tuned on val and frozen in the classifier's ``cascade.json`` -> the cascade and the detector
 alone run once on the test images -> clinical rates with bootstrap CIs, pass/fail, error
-attribution, cell statistics and an overlay gallery of the worst images.
+attribution, cell statistics and an overlay gallery of the worst images. Rates, counts and overlays
+use the frozen operating point; detection mAP uses the same models' boxes down to
+:data:`~workbench.core.tables.MAP_CONF` (the whole precision-recall curve).
 
 Three cells: ``detector_*`` trains the detector, ``classifier_*`` trains the classifier and
 freezes the cascade thresholds for that detector (so it needs the detector), ``test_evaluation``
@@ -34,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.core.paths import POSITIVE_CLASSES
+from workbench.core.tables import MAP_CONF
 from workbench.data.holdout import DATA_SEED, held_out_dataset
 from workbench.studies.base import Cell, Profile, Study, register
 
@@ -285,6 +288,7 @@ class IndependentTestStudy(Study):
                 "detector_init": str(self.detector_init) if self.detector_init else None,
                 "positive": self.positive, "normal": self.normal, "preset": self.preset, "group_by": self.group_by,
                 "det_conf": frozen.get("det_conf"), "cls_thr": frozen.get("cls_thr"), "tuned": self.profile.tune,
+                "map_conf": MAP_CONF,
                 "n_boot": self.profile.n_boot, "test_images": self.test_images, "group_derived": self.group_derived}
 
 
@@ -396,23 +400,32 @@ def freeze_thresholds(classifier: Path, detector: Path, data: Path, *, tune: boo
 # ----------------------------------------------------------------------------- evaluation
 
 def detection_table(gt: pd.DataFrame, preds: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> pd.DataFrame:
-    """mAP50, mAP50-95 and AP50 per class of each system, by the pycocotools-equal engine."""
+    """mAP50, mAP50-95 and AP50 per class of each system, by the pycocotools-equal engine.
+
+    ``preds`` should be ranked predictions (a low score floor, see :func:`run_systems`); the
+    lowest score each table holds is recorded as ``score_floor``."""
     from workbench.evaluation import metrics
 
     rows = []
     for name, pred in preds.items():
         r = metrics.evaluate(gt, pred, classes=list(classes))
         rows.append({"system": name, "map50": r.map50, "map50_95": r.map50_95, "n_pred": len(pred),
+                     "score_floor": float(pred["score"].min()) if len(pred) else float("nan"),
                      **{f"ap50_{c}": v["ap50"] for c, v in r.per_class.items()}})
     return pd.DataFrame(rows)
 
 
-def run_systems(data: Path, detector: Path, classifier: Path, *, split: str,
-                device: str | None = None) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+def run_systems(data: Path, detector: Path, classifier: Path, *, split: str, device: str | None = None
+                ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], pd.DataFrame]:
     """The detector alone and the cascade (thresholds from ``cascade.json``) on ``split``, each timed
     once over the whole split after loading and warming the models on one image.
 
-    Returns ({"detector-only", "cascade"}: prediction tables on the same boxes, timing table).
+    Returns (operating-point tables, ranked tables, timing table). Both dicts have the keys
+    "detector-only" and "cascade" (same boxes within a dict). The operating-point tables are
+    predicted at the frozen ``det_conf``: rates, counts, overlays. The ranked tables are predicted
+    at :data:`workbench.core.tables.MAP_CONF`, untimed: mAP needs the whole precision-recall curve, and boxes below
+    an operating threshold tuned for F1 would cut it short (a class found only at low scores, such
+    as platelets early in training, would score AP 0).
     """
     from workbench.evaluation.files import load_ground_truth
     from workbench.inference.cascade import cascade_predict, detector_only, read_cascade
@@ -435,26 +448,39 @@ def run_systems(data: Path, detector: Path, classifier: Path, *, split: str,
         {"system": "cascade", "seconds": t_cascade, "images": len(meta), "boxes": len(cas)}])
     timing["s_per_image"] = timing["seconds"] / timing["images"]
     timing["ratio_vs_detector"] = timing["seconds"] / t_det
+    ranked = cascade_predict(clf, data, detector=detector, split=split, device=device,
+                             det_conf=min(conf, MAP_CONF), cls_thr=cls_thr)
     # the cascade's detections relabelled back to the detector's classes: identical boxes
-    return {"detector-only": detector_only(cas), "cascade": cas}, timing
+    return ({"detector-only": detector_only(cas), "cascade": cas},
+            {"detector-only": detector_only(ranked), "cascade": ranked}, timing)
 
 
 def evaluate_systems(data: Path, detector: Path, classifier: Path, *, positive: Sequence[str],
                      normal: Sequence[str], preset: str, group_by: str | None = None, split: str = "test",
                      n_boot: int = 1000, seed: int = 0, device: str | None = None) -> dict[str, pd.DataFrame]:
-    """Run detector-only and the cascade on ``split`` and score both: rates with CIs (per group),
-    pass/fail, error attribution (summary and per cell), detection mAP, timing, predictions and the
-    cell statistics of the GT and of the cascade."""
-    from workbench.evaluation.clinical import compare_systems, pass_fail
+    """Run detector-only and the cascade on ``split`` and score both (:func:`score_systems`)."""
     from workbench.evaluation.files import load_ground_truth
-    from workbench.inference.cascade import attribute_errors
 
     gt = load_ground_truth(data, split=split)
-    preds, timing = run_systems(data, detector, classifier, split=split, device=device)
+    preds, ranked, timing = run_systems(data, detector, classifier, split=split, device=device)
+    return score_systems(gt, preds, ranked, timing, positive=positive, normal=normal, preset=preset,
+                         group_by=group_by, n_boot=n_boot, seed=seed)
+
+
+def score_systems(gt: Any, preds: Mapping[str, pd.DataFrame], ranked: Mapping[str, pd.DataFrame],
+                  timing: pd.DataFrame, *, positive: Sequence[str], normal: Sequence[str], preset: str,
+                  group_by: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Score each system against ``gt`` (a :class:`~workbench.evaluation.files.GroundTruth` with
+    meta): rates with CIs (per group), pass/fail, error attribution (summary and per cell) and the
+    cell statistics of the GT and of the cascade on the operating-point tables ``preds``; detection
+    mAP on the ranked tables ``ranked`` (see :func:`run_systems`)."""
+    from workbench.evaluation.clinical import compare_systems, pass_fail
+    from workbench.inference.cascade import attribute_errors
+
     meta = gt.meta.reset_index()  # image_id as a column
     if group_by:
         meta[group_by] = derive_groups(meta, gt.boxes, group_by).to_numpy()
-    rates = compare_systems(gt.boxes, preds, positive=list(positive), group_by=group_by, meta=meta,
+    rates = compare_systems(gt.boxes, dict(preds), positive=list(positive), group_by=group_by, meta=meta,
                             n_boot=n_boot, seed=seed)
     attributed = {name: attribute_errors(gt.boxes, p, images=gt.images) for name, p in preds.items()}
     images = meta.rename(columns={"image_id": "image"})[["image", "width", "height"] + ([group_by] if group_by else [])]
@@ -463,7 +489,7 @@ def evaluate_systems(data: Path, detector: Path, classifier: Path, *, positive: 
     return {"rates": rates, "pass_fail": pass_fail(rates, preset),
             "error_attribution": pd.concat([summary.assign(system=name) for name, (_, summary) in attributed.items()],
                                            ignore_index=True),
-            "detection": detection_table(gt.boxes, preds, gt.classes), "timing": timing,
+            "detection": detection_table(gt.boxes, ranked, gt.classes), "timing": timing,
             **{f"predictions_{name.replace('-', '_')}": p for name, p in preds.items()},
             **{f"stats_{name}": df for name, df in stats.items()},
             "error_cells": attributed["cascade"][0]}

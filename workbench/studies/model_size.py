@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import pandas as pd
 
+from workbench.core.tables import MAP_CONF
 from workbench.data.holdout import DATA_SEED
 from workbench.studies.base import Cell, Profile, Study, register
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,7 @@ def score_on_test(run_dir: Path, dataset: Path, *, n_boot: int, device: str) -> 
     scored = {}
     for split, boot in (("test", n_boot), ("val", 0)):
         gt = load_ground_truth(dataset, split=split)
-        pred = predict(run_dir, dataset, split=split, conf=EVAL_CONF, device=device)
+        pred = predict(run_dir, dataset, split=split, conf=MAP_CONF, device=device)
         scored[split] = (evaluate_tables(gt, pred, n_boot=boot, seed=DATA_SEED)[0], len(gt.images))
     doc, n_test = scored["test"]
     ci = doc.get("ci") or {}

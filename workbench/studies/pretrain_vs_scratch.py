@@ -37,6 +37,7 @@ from typing import Any, Mapping
 
 import pandas as pd
 
+from workbench.core.tables import MAP_CONF
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
 from workbench.data.holdout import DATA_SEED, held_out_dataset
@@ -49,7 +50,6 @@ ARM_KEYS = {PRETRAIN: "pretrain", SCRATCH: "scratch", FINETUNE: "fine-tune", EQU
 SOURCE_OVERLAP = 0.1  # share of a source patch that overlaps its neighbour
 SOURCE_MIN_VISIBILITY = 0.5  # a nucleus cut by a patch edge is kept when this share of its box is inside
 SOURCE_RATIOS = (8, 2)  # train : val split of the source patches, grouped by MoNuSeg tile
-EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ class PretrainVsScratchStudy(Study):
         from workbench.inference.predict import predict
 
         gt = load_ground_truth(dataset, split=split)
-        pred = predict(run_dir, dataset, split=split, conf=EVAL_CONF, device=pick_device(self.device))
+        pred = predict(run_dir, dataset, split=split, conf=MAP_CONF, device=pick_device(self.device))
         doc, _ = evaluate_tables(gt, pred, n_boot=self.profile.n_boot, seed=DATA_SEED)
         ci = doc.get("ci") or {}
         out: dict[str, Any] = {"split": split, "test_images": len(gt.images), "map50": doc["map50"],

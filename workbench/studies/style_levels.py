@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.core.paths import POSITIVE_CLASSES
+from workbench.core.tables import MAP_CONF
 from workbench.data import datasets
 from workbench.data.canonical import read_meta
 from workbench.data.library.builder import Batch, library_meta, partition, write_library
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
 
 LEVELS, INCREMENTAL = "level subsets", "incremental"
 GROUPS = ("good", "dense", "sparse")  # composition groups, in the lab's 6:2:2 order
-EVAL_CONF = 0.001  # score floor of the predictions mAP is computed from (the whole PR curve)
 SCORE_GRID = tuple(round(0.05 * k, 2) for k in range(1, 17))  # operating thresholds tried on val: 0.05 .. 0.8
 
 
@@ -295,7 +295,7 @@ def operating_threshold(run_dir: Path, library: Path, prof: StyleProfile, *,
     from workbench.inference.predict import predict
 
     gt = load_ground_truth(library, split="val")
-    pred = predict(run_dir, library, split="val", conf=EVAL_CONF, device=pick_device(device))
+    pred = predict(run_dir, library, split="val", conf=MAP_CONF, device=pick_device(device))
     thr, f1 = choose_score_thr(gt.boxes, pred)
     return {"score_thr": thr, "score_thr_from": "val (best F1)", "val_f1": f1}
 
@@ -310,7 +310,7 @@ def score_per_level(run_dir: Path, library: Path, spec: TargetSpec, *, score_thr
     from workbench.inference.predict import predict
 
     gt = load_ground_truth(library, split="test")
-    pred = predict(run_dir, library, split="test", conf=EVAL_CONF, device=pick_device(device))
+    pred = predict(run_dir, library, split="test", conf=MAP_CONF, device=pick_device(device))
     meta = gt.meta.reset_index()
     meta[LEVEL] = meta[LEVEL].astype(int).astype(str)
     rates = clinical_rates(gt.boxes, pred, positive=[c for c in spec.positive if c in gt.classes], group_by=LEVEL,
