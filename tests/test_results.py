@@ -80,3 +80,21 @@ def test_publish_grid_labels_a_partial_grid_and_trains_nothing(tmp_path, monkeyp
     assert grid["done"] == 1 and grid["cells"] == 2 and grid["not_done"] == {"b": "failed"}
     assert pd.read_csv(out / "fake.csv")["cell"].tolist() == ["a"]
     pd.testing.assert_frame_equal(read_grid(study.grid_dir)[before.columns], before)  # publishing ran no cell
+
+
+def test_summary_is_the_first_headline_table_when_the_study_has_no_summary_table(tmp_path):
+    """08 has no ``summary`` table: summary.csv and the README lead with its headline table
+    (mn_study), not with whichever table happens to be written first."""
+    src = tmp_path / "notebook" / "results"
+    src.mkdir(parents=True)
+    clinical = pd.DataFrame({"metric": ["fn_rate"], "value": [0.2], "approach": ["dense"]})
+    study = pd.DataFrame({"approach": ["native", "dense"], "mn_recall_centre3": [0.0, 0.765]})
+    clinical.to_csv(src / "mn_clinical.csv", index=False)
+    study.to_csv(src / "mn_study.csv", index=False)
+    (src / "study.json").write_text(json.dumps({
+        "study": "08_micronuclei", "dataset": "mnfinder", "profile": {"name": "cpu"}, "device": "cpu",
+        "tables": ["mn_clinical", "mn_study"], "figures": [], "captions": {}, "cells": []}))
+    out = publish(src, "08_micronuclei", wall_s=60.0, params={"profile": "cpu"}, out=tmp_path / "published")
+    assert pd.read_csv(out / "summary.csv").equals(study)
+    readme = (out / "README.md").read_text()
+    assert "## mn_study" in readme and "## mn_clinical" not in readme

@@ -218,6 +218,7 @@ class LargeImagesStudy(Study):
     name = "07_large_images"
     profiles = PROFILES
     default_dataset = "monuseg"
+    headline_tables = ("large_images", "micronuclei_large_images")
     profile: LargeProfile
 
     def __init__(self, dataset: str | Path | None = None, *, micronuclei: bool = True,

@@ -381,6 +381,7 @@ class MicronucleiStudy(Study):
     name = "08_micronuclei"
     profiles = PROFILES
     default_dataset = "mnfinder"
+    headline_tables = ("mn_study", "mn_errors", "mn_training")
     profile: MNProfile
 
     def __init__(self, dataset: str | Path | None = None, *, work_dir: str | Path | None = None,

@@ -3,8 +3,9 @@
 Runs each study notebook's profile with papermill, then *publishes* what it wrote into
 ``outputs/results/<notebook>/`` (the one part of ``outputs/`` that is committed): the figures as
 small PNG + PDF with their captions, the CSV tables, ``study.json``, a ``summary.csv`` (the
-study's ``summary`` table, else its first) and a ``README.md`` with the headline tables and the
-provenance (commit, dataset fingerprints, seeds, profile, wall time, device). Never weights.
+study's ``summary`` table, else its first headline table, else its first) and a ``README.md``
+with the headline tables and the provenance (commit, dataset fingerprints, seeds, profile, wall
+time, device). Never weights.
 """
 from __future__ import annotations
 
@@ -129,7 +130,9 @@ def publish(study_results: str | Path, notebook: str, *, wall_s: float | None = 
             if path.is_file() and path.stat().st_size <= MAX_TABLE_BYTES:
                 shutil.copy2(path, tmp / path.name)
                 tables[name] = pd.read_csv(path)
-        summary = "summary" if "summary" in tables else next(iter(tables), None)
+        # summary.csv: the study's own summary table, else its first headline table, else its first table
+        summary = "summary" if "summary" in tables else next(
+            (t for t in cls.headline_tables if t in tables), next(iter(tables), None))
         if summary is not None and summary != "summary":
             tables[summary].to_csv(tmp / "summary.csv", index=False)
         for name in doc.get("figures", []):
