@@ -171,3 +171,21 @@ def test_result_rows_round_trip_to_tables():
     timing = micronuclei.measured(frame, micronuclei.TIMING, ["approach", "time_s", "regions"], part="p")
     assert timing["time_s"].tolist() == [1.0, 0.5] and np.isnan(timing["regions"].iloc[0])
     assert micronuclei.measured(frame, micronuclei.TIMING, ["approach"], part="other").empty
+
+
+def test_a_continued_detector_reports_the_training_time_of_both_runs(tmp_path, monkeypatch):
+    """The upsampled detector of the cpu profile is a first run plus a continued run: its
+    training time in the study's table is their sum, not the continued run's alone."""
+    study = micronuclei.MicronucleiStudy(profile="cpu", work_dir=tmp_path)
+    durations = {"mn_upsampled_yolov8n_x3_s0": 1200.0, "mn_upsampled_yolov8n_x3_s0_plus16": 1500.0}
+
+    def fake_train(run: Path, data: Path, **kwargs) -> Path:  # what a finished run leaves behind
+        (run / "weights").mkdir(parents=True, exist_ok=True)
+        (run / "run.json").write_text(json.dumps({"status": "finished", "duration_s": durations[run.name]}))
+        return run
+
+    monkeypatch.setattr(study, "train_or_reuse", fake_train)
+    study.tiles = {3: tmp_path / "tiles"}
+    [cell] = [c for c in study.cells() if c.config.get("detector") == "upsampled"]
+    [row] = study._train(cell)
+    assert row["run_id"] == "mn_upsampled_yolov8n_x3_s0_plus16" and row["train_s"] == 2700.0
