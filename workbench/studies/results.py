@@ -223,7 +223,9 @@ def readme(notebook: str, doc: dict[str, Any], tables: dict[str, pd.DataFrame], 
                   + ". The tables and figures below hold the finished cells only.", ""]
     if grid:
         lines += ["Run as a grid, cell by cell (`python -m workbench grid`): the time above is the cells' summed "
-                  "training and evaluation time, which overstates the profile when cells shared the machine.", ""]
+                  "training and evaluation time, which overstates the profile when cells shared the machine. "
+                  "A cell that reused a run finished earlier counts only the time to find it: the study's "
+                  "own tables give the runs' training times.", ""]
     for name in headline:
         if name in tables:
             lines += [f"## {name}", "", markdown_table(tables[name]), ""]
