@@ -423,9 +423,9 @@ def run_systems(data: Path, detector: Path, classifier: Path, *, split: str, dev
     Returns (operating-point tables, ranked tables, timing table). Both dicts have the keys
     "detector-only" and "cascade" (same boxes within a dict). The operating-point tables are
     predicted at the frozen ``det_conf``: rates, counts, overlays. The ranked tables are predicted
-    at :data:`workbench.core.tables.MAP_CONF`, untimed: mAP needs the whole precision-recall curve, and boxes below
-    an operating threshold tuned for F1 would cut it short (a class found only at low scores, such
-    as platelets early in training, would score AP 0).
+    at :data:`workbench.core.tables.MAP_CONF`, untimed: mAP needs the whole precision-recall curve,
+    and boxes below an operating threshold tuned for F1 would cut it short (a class found only at
+    low scores, such as platelets early in training, would score AP 0).
     """
     from workbench.evaluation.files import load_ground_truth
     from workbench.inference.cascade import cascade_predict, detector_only, read_cascade
