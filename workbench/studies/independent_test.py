@@ -30,7 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,9 @@ from workbench.core.paths import POSITIVE_CLASSES
 from workbench.core.tables import MAP_CONF
 from workbench.data.holdout import DATA_SEED, held_out_dataset
 from workbench.studies.base import Cell, Profile, Study, register
+
+if TYPE_CHECKING:
+    from workbench.evaluation.files import GroundTruth
 
 SYSTEMS = ("detector-only", "cascade")
 CASCADE_DETECTOR = "cascade_detector"  # run.json key: the detector a classifier's thresholds were frozen for
@@ -467,20 +470,20 @@ def evaluate_systems(data: Path, detector: Path, classifier: Path, *, positive: 
                          group_by=group_by, n_boot=n_boot, seed=seed)
 
 
-def score_systems(gt: Any, preds: Mapping[str, pd.DataFrame], ranked: Mapping[str, pd.DataFrame],
+def score_systems(gt: GroundTruth, preds: Mapping[str, pd.DataFrame], ranked: Mapping[str, pd.DataFrame],
                   timing: pd.DataFrame, *, positive: Sequence[str], normal: Sequence[str], preset: str,
                   group_by: str | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, pd.DataFrame]:
-    """Score each system against ``gt`` (a :class:`~workbench.evaluation.files.GroundTruth` with
-    meta): rates with CIs (per group), pass/fail, error attribution (summary and per cell) and the
-    cell statistics of the GT and of the cascade on the operating-point tables ``preds``; detection
-    mAP on the ranked tables ``ranked`` (see :func:`run_systems`)."""
+    """Score each system against ``gt`` (with its per-image meta): rates with CIs (per group),
+    pass/fail, error attribution (summary and per cell) and the cell statistics of the GT and of the
+    cascade on the operating-point tables ``preds``; detection mAP on the ranked tables ``ranked``
+    (see :func:`run_systems`)."""
     from workbench.evaluation.clinical import compare_systems, pass_fail
     from workbench.inference.cascade import attribute_errors
 
     meta = gt.meta.reset_index()  # image_id as a column
     if group_by:
         meta[group_by] = derive_groups(meta, gt.boxes, group_by).to_numpy()
-    rates = compare_systems(gt.boxes, dict(preds), positive=list(positive), group_by=group_by, meta=meta,
+    rates = compare_systems(gt.boxes, preds, positive=list(positive), group_by=group_by, meta=meta,
                             n_boot=n_boot, seed=seed)
     attributed = {name: attribute_errors(gt.boxes, p, images=gt.images) for name, p in preds.items()}
     images = meta.rename(columns={"image_id": "image"})[["image", "width", "height"] + ([group_by] if group_by else [])]
