@@ -376,18 +376,20 @@ class StyleLevelsStudy(Study):
                 self.libraries[run_key(INCREMENTAL, name, seed)] = lib
 
     def cells(self) -> list[Cell]:
-        p, out = self.profile, []
+        """Incremental cells first, largest library first, then the level subsets: none needs
+        another, and on few cores a grid that starts its longest runs first ends sooner."""
+        p, levels_cells, incremental = self.profile, [], []
         for seed in p.seeds:
             for levels in p.subsets:
                 name = level_name(levels)
-                out.append(self.cell(run_key(LEVELS, name, seed), experiment=LEVELS, library=name, seed=seed,
-                                     train_subset=name, step=None))
+                levels_cells.append(self.cell(run_key(LEVELS, name, seed), experiment=LEVELS, library=name,
+                                              seed=seed, train_subset=name, step=None))
         for seed in self.incremental_seeds:
-            for step in range(len(p.batch_images) + 1):
+            for step in reversed(range(len(p.batch_images) + 1)):
                 name = "base" + "".join(f"+b{k + 1}" for k in range(step))
-                out.append(self.cell(run_key(INCREMENTAL, name, seed), experiment=INCREMENTAL, library=name,
-                                     seed=seed, train_subset=None, step=step))
-        return out
+                incremental.append(self.cell(run_key(INCREMENTAL, name, seed), experiment=INCREMENTAL,
+                                             library=name, seed=seed, train_subset=None, step=step))
+        return incremental + levels_cells
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
         """Train on the cell's library (epochs from :func:`run_length`; the training length and the
@@ -498,7 +500,8 @@ def incremental(per_level: pd.DataFrame) -> pd.DataFrame:
     """Metric vs library size (all test images), one row per step and seed."""
     t = per_level[(per_level["experiment"] == INCREMENTAL) & (per_level["test_level"] == "all")]
     return t[["step", "key", "train_images", "seed", "map50", "map50_95", "detection_rate", "fn_rate",
-              "fp_rate", "classification_rate"]].rename(columns={"key": "library"}).reset_index(drop=True)
+              "fp_rate", "classification_rate"]].rename(columns={"key": "library"}).sort_values(
+                  ["step", "seed"], kind="stable").reset_index(drop=True)
 
 
 def heatmap_figure(table: pd.DataFrame, *, title: str, fmt: str = ".2f") -> Figure:
