@@ -192,10 +192,32 @@ def finished_with(run_dir: str | Path, *, model: str, epochs: int, imgsz: int, b
     splits (``dataset``: its fingerprint is compared), or an unfinished run, is not reused, so
     changing a profile never silently mixes results. ``None`` leaves that setting unchecked.
     """
+    rec = _record_with(run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch, pretrained=pretrained,
+                       seed=seed, dataset=dataset)
+    return rec is not None and rec.get("status") == "finished"
+
+
+def resumable_with(run_dir: str | Path, *, model: str, epochs: int, imgsz: int, batch: int | None = None,
+                   pretrained: str | Path | None = None, seed: int | None = None,
+                   dataset: str | Path | None = None) -> bool:
+    """True when ``run_dir`` holds an *unfinished* run started with exactly these settings (as
+    :func:`finished_with` compares them) that saved at least one epoch (``weights/last.pt``):
+    a run stopped by a timeout, a session's end or a lost cluster node continues from there
+    instead of starting again."""
+    rec = _record_with(run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch, pretrained=pretrained,
+                       seed=seed, dataset=dataset)
+    return (rec is not None and rec.get("status") != "finished"
+            and (Path(run_dir) / "weights" / "last.pt").is_file())
+
+
+def _record_with(run_dir: str | Path, *, model: str, epochs: int, imgsz: int, batch: int | None,
+                 pretrained: str | Path | None, seed: int | None,
+                 dataset: str | Path | None) -> dict[str, Any] | None:
+    """``run.json`` of ``run_dir`` when its resolved config matches these settings, else None."""
     try:
         rec = read_run_record(run_dir)
     except (FileNotFoundError, ValueError):
-        return False
+        return None
     cfg = rec.get("config", {})
     want_pre = str(Path(pretrained).resolve()) if pretrained else None
     got_pre = (rec.get("model") or {}).get("pretrained")
@@ -204,12 +226,13 @@ def finished_with(run_dir: str | Path, *, model: str, epochs: int, imgsz: int, b
         root = Path(dataset)
         root = root.parent if root.is_file() else root
         same_data = (rec.get("dataset") or {}).get("fingerprint") == dataset_fingerprint(root)
-    return (rec.get("status") == "finished" and cfg.get("epochs") == epochs and cfg.get("imgsz") == imgsz
+    same = (cfg.get("epochs") == epochs and cfg.get("imgsz") == imgsz
             and (batch is None or cfg.get("batch") == batch)
             and (seed is None or cfg.get("seed") == seed)
             and (rec.get("model") or {}).get("spec") == str(model)
             and (got_pre is None if want_pre is None else got_pre is not None and Path(got_pre).resolve() == Path(want_pre))
             and same_data)
+    return rec if same else None
 
 
 def record_training_length(run_dir: str | Path, length: Any) -> dict[str, Any]:

@@ -10,7 +10,8 @@ what every study shares and must do the same way:
   holds the executed notebook, ``results/`` (what :meth:`Study.write_outputs` writes) and
   ``work/`` (runs and derived datasets, reused by the next execution; ``work_dir`` moves it);
 - one run-reuse policy (:meth:`Study.train_or_reuse`): a finished run is reused only when its
-  resolved config matches (:func:`workbench.models.runs.finished_with`), otherwise it is retrained;
+  resolved config matches (:func:`workbench.models.runs.finished_with`), a run stopped part-way
+  with that config is resumed (:func:`workbench.models.runs.resumable_with`), otherwise it is retrained;
 - one timing loop (:func:`time_methods`): warm-up, methods taking turns, median per image;
 - atomic outputs (:meth:`Study.write_outputs`): one CSV per table, ``study.json`` and the
   figures (PNG + PDF + caption, with provenance) appear together or not at all.
@@ -199,16 +200,22 @@ class Study:
     def train_or_reuse(self, run_dir: str | Path, dataset: str | Path, *, model: str, epochs: int, imgsz: int,
                        batch: int | None, seed: int, pretrained: str | Path | None = None, **train_args: Any) -> Path:
         """The one run-reuse policy: reuse ``run_dir`` when it finished with this resolved config
-        (model, epochs, image size, batch, seed, initial weights and dataset fingerprint); else
-        delete it and train afresh. Returns the run folder."""
-        from workbench.models.runs import finished_with
-        from workbench.models.yolo import train
+        (model, epochs, image size, batch, seed, initial weights and dataset fingerprint); resume
+        it from ``weights/last.pt`` when it stopped part-way with that config (its ``run.json``
+        lists each resume); else delete it and train afresh. Returns the run folder."""
+        from workbench.models.runs import finished_with, resumable_with
+        from workbench.models.yolo import resume_run, train
 
         run_dir = Path(run_dir)
-        if finished_with(run_dir, model=model, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
-                         pretrained=pretrained, dataset=dataset):
+        same = dict(model=model, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, pretrained=pretrained,
+                    dataset=dataset)
+        if finished_with(run_dir, **same):
             self.log(f"[{self.short_name}] reusing {run_dir.name} (finished with the same config)")
             return run_dir
+        if resumable_with(run_dir, **same):
+            self.log(f"[{self.short_name}] resuming {run_dir.name} (stopped part-way with the same config)")
+            return Path(resume_run(run_dir, device=self.device, workers=train_args.get("workers"),
+                                   callbacks=train_args.get("callbacks")))
         if run_dir.exists():
             shutil.rmtree(run_dir)
         return Path(train(dataset, model=model, epochs=epochs, imgsz=imgsz, batch=batch, seed=seed,
