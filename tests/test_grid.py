@@ -85,6 +85,22 @@ def test_failed_cells_are_listed_and_run_again_only_with_rerun_failed(tmp_path):
 
 
 @SUBPROCESSES
+def test_rerun_runs_named_finished_cells_again_and_keeps_their_previous_rows(tmp_path):
+    study = fake(tmp_path, ("eval_a", "ok", 0), ("eval_b", "ok", 0), ("train", "ok", 0))
+    run_grid(study, progress=False)
+    again = run_grid(study, progress=False, rerun=["eval_*"])
+    assert sorted(again.ran) == sorted(gc.name for gc in plan_grid(study) if gc.cell_key.startswith("eval_"))
+    assert set(again.table["state"]) == {"done"}
+    assert [len(starts(study, k)) for k in ("eval_a", "eval_b", "train")] == [2, 2, 1]
+    [folder] = [gc.dir for gc in plan_grid(study) if gc.cell_key == "eval_a"]
+    [previous] = list((folder / "previous").iterdir())
+    assert json.loads((previous / "rows.json").read_text())[0]["score"] == 6.0
+    assert json.loads((previous / "status.json").read_text())["state"] == "done"
+    with pytest.raises(ValueError, match="matches no cell of this grid; its cells: eval_a, eval_b, train"):
+        run_grid(study, progress=False, rerun=["evl*"])
+
+
+@SUBPROCESSES
 def test_a_cell_locked_by_a_live_driver_is_left_alone_and_a_stale_lock_is_taken_over(tmp_path):
     study = fake(tmp_path, ("a", "ok", 0), ("b", "ok", 0))
     cells = {gc.cell_key: gc for gc in plan_grid(study)}

@@ -45,13 +45,13 @@ def test_a_run_stopped_part_way_with_the_same_settings_is_resumable(tmp_path):
 def test_train_or_reuse_resumes_a_stopped_run_and_retrains_a_changed_one(tmp_path, monkeypatch):
     """The one reuse policy, decided without training: finished -> reuse, stopped with the same
     settings -> resume in place, anything else -> delete and train afresh."""
-    import tests._grid_fake as fake
+    from _grid_fake import FakeStudy
     from workbench.models import yolo
 
     calls = []
     monkeypatch.setattr(yolo, "resume_run", lambda run_dir, **kw: calls.append(("resume", kw)) or run_dir)
     monkeypatch.setattr(yolo, "train", lambda data, **kw: calls.append(("train", kw)) or kw["runs_root"] / kw["run_name"])
-    study = fake.FakeStudy(profile="fake", out_dir=tmp_path / "study", log=lambda m: None)
+    study = FakeStudy(profile="fake", out_dir=tmp_path / "study", log=lambda m: None)
     data = tmp_path / "data"
     data.mkdir()
     (data / "dataset.yaml").write_text("names: {0: cell}\n")

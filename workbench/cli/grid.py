@@ -37,6 +37,7 @@ def _grid(a: argparse.Namespace) -> int:
 
     study = study_class(a.study)(a.dataset, profile=a.profile, out_dir=a.out, fmt=a.fmt, device=a.device)
     report = run_grid(study, engine=a.engine, address=a.address, vary=dict(a.vary), rerun_failed=a.rerun_failed,
+                      rerun=a.rerun,
                       max_parallel=a.max_parallel, gpus_per_cell=a.gpus_per_cell, cpus_per_cell=a.cpus_per_cell,
                       timeout_s=a.timeout, progress=not a.no_progress,
                       write_outputs=not a.no_outputs)
@@ -75,6 +76,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--cpus-per-cell", type=int, help="CPU threads (and Ray CPUs) per cell")
     g.add_argument("--max-parallel", type=int, help="cells at once (local default: one per GPU, or 1 on CPU)")
     g.add_argument("--rerun-failed", action="store_true", help="run failed cells again (done cells are always kept)")
+    g.add_argument("--rerun", action="append", default=[], metavar="CELL",
+                   help="run these finished cells again (a key or a pattern such as 'eval*'; repeatable); "
+                        "their previous rows stay in the cell's previous/ folder, trained runs are reused")
     g.add_argument("--timeout", type=duration, help="per cell, e.g. 6h: the cell's whole process tree is killed")
     g.add_argument("--out", type=Path, help="study folder (default outputs/notebooks/<study>__<dataset>_<profile>)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

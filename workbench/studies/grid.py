@@ -12,13 +12,18 @@ a grid that already ran (:meth:`Study.result_from_grid`, :func:`grid_result`). A
 
 Re-running skips finished cells (same key: same config, data, versions), leaves failed ones
 alone unless ``rerun_failed``, and never runs a cell another live driver holds the lock of.
+``rerun=["eval*"]`` runs the finished cells whose key matches a pattern again (e.g. to time them
+on idle cores): their rows and status move to ``previous/<end time>/`` in the cell folder, so
+nothing is lost, and a cell that reuses trained runs does not train again.
 ``grid.csv`` is rewritten atomically after every cell, so a driver that crashes loses nothing.
 Variants: ``vary={"seed": [0, 1]}`` runs every cell once per value of a profile field; each
 variant but the profile's own has its own work folder (``work/variants/<field>-<value>``).
 """
 from __future__ import annotations
 
+import fnmatch
 import itertools
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,11 +35,12 @@ from workbench.core.atomic import write_text
 from workbench.core.tables import utc_now
 from workbench.studies.base import Cell, Study, StudyResult, Log, slug, study_class
 from workbench.studies.grid_cells import (
-    LOG_FILE, ROWS_FILE, GridCell, acquire_lock, cell_folder, cell_key, is_done, lock_holder, override_profile, prepare_folder,
+    LOG_FILE, ROWS_FILE, STATUS_FILE, GridCell, acquire_lock, cell_folder, cell_key, is_done, lock_holder, override_profile, prepare_folder,
     read_json, read_rows, read_status, release_lock, write_json, write_status)
 from workbench.studies.grid_engines import Engine, make_engine
 
 GRID_FILE, TABLE_FILE, ROWS_TABLE = "grid.json", "grid.csv", "rows.csv"
+PREVIOUS_DIR = "previous"  # in a cell folder: the results of earlier runs of a re-run cell
 
 
 @dataclass
@@ -121,11 +127,44 @@ def levels(cells: Sequence[GridCell]) -> list[list[GridCell]]:
     return [[gc for gc in cells if depth[gc] == d] for d in range(max(depth.values(), default=-1) + 1)]
 
 
+def cells_to_rerun(cells: Sequence[GridCell], patterns: Sequence[str]) -> list[GridCell]:
+    """The finished cells whose key matches one of ``patterns`` (shell-style, e.g. ``lv_*_s1``).
+    A pattern that matches no cell of the grid is an error naming the keys there are."""
+    chosen = []
+    for pattern in patterns:
+        hits = [gc for gc in cells if fnmatch.fnmatchcase(gc.cell_key, pattern)]
+        if not hits:
+            keys = sorted({gc.cell_key for gc in cells})
+            raise ValueError(f"--rerun {pattern!r} matches no cell of this grid; its cells: {', '.join(keys)}")
+        chosen += [gc for gc in hits if gc not in chosen and is_done(gc.dir)]
+    return chosen
+
+
+def set_aside(gc: GridCell) -> Path:
+    """Move a finished cell's rows and status to ``previous/<end time>/`` and mark it pending, so
+    the grid runs it again; refused while another live driver holds its lock."""
+    if not acquire_lock(gc.dir):
+        raise RuntimeError(f"{gc.dir}: locked by {lock_holder(gc.dir)} (another driver runs it); not re-run")
+    try:
+        status = read_status(gc.dir)
+        stamp = slug(str(status.get("end") or utc_now()))
+        dest = gc.dir / PREVIOUS_DIR / stamp
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in (ROWS_FILE, STATUS_FILE, LOG_FILE):
+            if (gc.dir / name).exists():
+                shutil.copy2(gc.dir / name, dest / name)  # copy, then change: a crash here loses nothing
+        write_status(gc.dir, state="pending", start=None, end=None, error=None)
+        (gc.dir / ROWS_FILE).unlink(missing_ok=True)
+        return dest
+    finally:
+        release_lock(gc.dir)
+
+
 # ----------------------------------------------------------------------------- run
 
 def run_grid(study: Study, *, engine: str | Engine = "local", grid_dir: str | Path | None = None,
              vary: Mapping[str, Sequence[Any]] | None = None, rerun_failed: bool = False,
-             address: str | None = None, max_parallel: int | None = None, gpus_per_cell: int | None = None,
+             rerun: Sequence[str] = (), address: str | None = None, max_parallel: int | None = None, gpus_per_cell: int | None = None,
              cpus_per_cell: int | None = None, timeout_s: float | None = None, progress: bool = True,
              write_outputs: bool = True) -> GridReport:
     """Run every cell of ``study`` that is not done yet, as processes on ``engine`` (``local``,
@@ -140,6 +179,9 @@ def run_grid(study: Study, *, engine: str | Engine = "local", grid_dir: str | Pa
     cells = plan_grid(study, grid_dir, vary=vary)
     for gc in cells:
         prepare_folder(gc)
+    for gc in cells_to_rerun(cells, rerun):
+        set_aside(gc)
+        study.log(f"[grid] {gc.name}: run again (--rerun); its previous result is in {gc.dir / PREVIOUS_DIR}")
     write_json(grid_dir / GRID_FILE, {"study": study.name, "module": type(study).__module__,
                                       "study_args": study.study_args() | {"profile": study.profile.name},
                                       "vary": {k: list(v) for k, v in (vary or {}).items()},
