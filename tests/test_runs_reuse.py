@@ -1,6 +1,8 @@
 """Studies reuse a run only when it finished with the very settings asked for."""
 import json
 
+import pytest
+
 from workbench.models.runs import dataset_fingerprint, finished_with, resumable_with
 
 
@@ -42,6 +44,7 @@ def test_a_run_stopped_part_way_with_the_same_settings_is_resumable(tmp_path):
     assert finished_with(run, **same) and not resumable_with(run, **same)
 
 
+@pytest.mark.slow  # ~2 s: importing the study skeleton
 def test_train_or_reuse_resumes_a_stopped_run_and_retrains_a_changed_one(tmp_path, monkeypatch):
     """The one reuse policy, decided without training: finished -> reuse, stopped with the same
     settings -> resume in place, anything else -> delete and train afresh."""
