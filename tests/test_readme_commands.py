@@ -376,8 +376,16 @@ def test_make_lab_starts_and_says_how_to_reach_it(tmp_path):
         assert "is running at" in text and "LAB_IP=0.0.0.0" in text and f"port {port}" in text
         if os.geteuid() == 0:
             assert "--allow-root" in text
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/kernelspecs?token={url.group(1)}", timeout=30) as r:
-            specs = json.load(r)["kernelspecs"]
+        api = f"http://127.0.0.1:{port}/api/kernelspecs?token={url.group(1)}"
+        for attempt in range(20):  # the URL is printed a moment before the server accepts (seen once under load)
+            try:
+                with urllib.request.urlopen(api, timeout=30) as r:
+                    specs = json.load(r)["kernelspecs"]
+                break
+            except urllib.error.URLError as exc:
+                if not isinstance(exc.reason, ConnectionRefusedError) or attempt == 19 or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
         assert specs["workbench"]["spec"]["display_name"] == "Cell Workbench (.venv)"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
