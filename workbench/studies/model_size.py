@@ -80,8 +80,10 @@ class ModelSizeStudy(Study):
                                      caps=p.caps, tag=p.name, fmt=self.fmt)
 
     def cells(self) -> list[Cell]:
+        """Largest model first: no cell needs another, and on few cores a grid that starts its
+        longest run first ends sooner (the tables keep the profile's order)."""
         p = self.profile
-        return [self.cell(f"{Path(m).stem}_s{p.seed}", model=m) for m in p.models]
+        return [self.cell(f"{Path(m).stem}_s{p.seed}", model=m) for m in reversed(p.models)]
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
         from workbench.core.device import describe_device, device_name, pick_device
@@ -104,7 +106,8 @@ class ModelSizeStudy(Study):
                  "seed": p.seed, "run_id": cell.key}]
 
     def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        return {"model_size": rows.drop(columns="cell", errors="ignore")}
+        t = rows.drop(columns="cell", errors="ignore")
+        return {"model_size": t.sort_values("params", kind="stable").reset_index(drop=True) if len(t) else t}
 
     def figures(self, tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
         return {"model_size": size_figure(tables["model_size"])}
