@@ -86,6 +86,8 @@ class ModelSizeStudy(Study):
         return [self.cell(f"{Path(m).stem}_s{p.seed}", model=m) for m in reversed(p.models)]
 
     def run_cell(self, cell: Cell) -> list[dict[str, Any]]:
+        import torch
+
         from workbench.core.device import describe_device, device_name, pick_device
         from workbench.models.runs import load_run
         from workbench.models.yolo import model_stats
@@ -102,6 +104,7 @@ class ModelSizeStudy(Study):
                  f"[{test['map50_lo']}, {test['map50_hi']}], {lat:.1f} ms/image on {lat_dev}")
         return [{"model": Path(model).stem, "params": stats["parameters"], "gflops": stats["gflops"], **test,
                  "latency_ms": lat, "latency_device": device_name(describe_device(lat_dev)),
+                 "latency_threads": torch.get_num_threads() if lat_dev == "cpu" else None,
                  "train_s": load_run(run_dir).get("duration_s"), "epochs": p.epochs, "imgsz": p.imgsz,
                  "seed": p.seed, "run_id": cell.key}]
 
@@ -115,13 +118,15 @@ class ModelSizeStudy(Study):
     def caption(self, name: str, tables: Mapping[str, pd.DataFrame]) -> str:
         p, t, i = self.profile, tables["model_size"], self.settings()
         device = t["latency_device"].iloc[0] if len(t) else "-"
+        n_threads = sorted({int(n) for n in t.get("latency_threads", pd.Series(dtype=float)).dropna()})
+        threads = f" ({'/'.join(map(str, n_threads))} torch thread{'s' if n_threads != [1] else ''})" if n_threads else ""
         return (f"Parameters (from the trained checkpoints) vs mAP50 on the TEST split ({i['test_images']} images "
                 f"seen by no training, early stopping or checkpoint choice); bars: 95 % per-image bootstrap "
                 f"intervals; marker area proportional to parameters. best.pt chosen on val ({i['val_images']} "
                 f"images; val_map50 in the table is that val score, not a result). Profile {p.name}: "
                 f"{p.epochs} epochs at {p.imgsz} px, batch {p.batch or 'auto'}, {i['train_images']} training "
                 f"images, one seed ({p.seed}) per model, so the intervals show test-image noise only, not "
-                f"seed-to-seed spread. Latency: median batch-1 ms per test image on {device}. "
+                f"seed-to-seed spread. Latency: median batch-1 ms per test image on {device}{threads}. "
                 f"Runs: {', '.join(t['run_id']) if len(t) else '-'}; dataset fingerprint (sha256) "
                 f"{i['fingerprint']['sha256'][:12]}.")
 
