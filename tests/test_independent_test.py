@@ -198,3 +198,12 @@ def test_map_is_scored_on_the_ranked_tables_and_the_rates_at_the_operating_point
     missed = out["error_cells"]
     assert missed.loc[missed["error"] == "missed", "gt_class"].tolist() == ["Platelets"]
     assert len(out["predictions_cascade"]) == 2
+    # counting at the operating point, over both images: the platelet under det_conf is not counted
+    counts = out["counting"].set_index(["system", "class"])
+    assert counts.loc[("cascade", "Platelets"), ["n_true", "n_pred", "mae", "bias"]].tolist() == [1, 0, 0.5, -0.5]
+    assert counts.loc[("cascade", "RBC"), ["n_true", "n_pred", "mae", "images"]].tolist() == [1, 1, 0.0, 2]
+    assert counts.loc[("detector-only", "all"), ["n_true", "n_pred", "mae", "bias"]].tolist() == [3, 2, 0.5, -0.5]
+    figs = it.stats_figures({k[len("stats_"):]: v for k, v in out.items() if k.startswith("stats_")},
+                            classes=["WBC", "Platelets", "RBC"], group=None)
+    assert [ax.get_title() for ax in figs["class_share"].axes[:2]] == ["ground truth (n=3)", "cascade output (n=2)"]
+    assert figs["count_agreement"].axes[1].get_title() == "Platelets: MAE 0.50, bias -0.50"

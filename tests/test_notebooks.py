@@ -132,7 +132,9 @@ def test_independent_test_notebook_smoke(tmp_path, dataset, group_by, n_test, po
     pf = pd.read_csv(out / "pass_fail.csv")
     assert {"target", "passed", "passed_ci"} <= set(pf.columns)
     assert len(pd.read_csv(out / "stats_counts_truth.csv")) == n_test  # one row per test image
-    for fig in ("class_share", "cell_size", "neighbourhood", "worst_overlays"):
+    counting = pd.read_csv(out / "counting.csv")
+    assert set(counting["system"]) == {"detector-only", "cascade"} and (counting["images"] == n_test).all()
+    for fig in ("class_share", "count_agreement", "cell_size", "neighbourhood", "worst_overlays"):
         assert (out / f"{fig}.png").exists() and (out / f"{fig}.pdf").exists()
     assert not missing_figures(executed, len(list(out.glob("*.pdf"))))
 

@@ -322,6 +322,21 @@ def test_bccd_figures(bccd):
     assert len(wedges) == 3
     assert (wedges[0].theta2 - wedges[0].theta1) / 360 == pytest.approx(3350 / 3943)
 
+    fig = stats_plots.class_share_pie(c, ["RBC", "WBC", "Platelets"], group="split", order=["val", "train"])
+    assert [ax.get_title().split(" (")[0] for ax in fig.axes[:2]] == ["val", "train"]
+    with pytest.raises(ValueError, match="must list the groups found"):
+        stats_plots.class_share_pie(c, ["RBC"], group="split", order=["val"])
+
+    # counting against itself is perfect; one RBC more in one image is MAE 1/292, bias +1/292
+    more = c.copy()
+    more.loc[0, "RBC"] += 1
+    fig = stats_plots.count_agreement(c, more, ["RBC", "WBC"], label="model")
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["RBC: MAE 0.00, bias +0.00", "WBC: MAE 0.00, bias +0.00"]
+    assert len(fig.axes[0].collections[0].get_offsets()) == len(c) == 292
+    assert fig.axes[0].get_ylabel() == "model cells per image"
+    with pytest.raises(ValueError, match="same images"):
+        stats_plots.count_agreement(c, more.iloc[1:], ["RBC"])
+
     fig = stats_plots.neighbourhood_curves(n, group="split")
     lines = {ln.get_label().split(" (")[0]: ln for ln in fig.axes[0].get_lines()}
     train = n[n["split"] == "train"].groupby(["image", "k"])["n_neighbours"].mean().groupby("k").mean()

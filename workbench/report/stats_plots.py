@@ -96,12 +96,16 @@ def class_count_boxplot(counts: pd.DataFrame, classes: Sequence[str], *, group: 
 
 
 def class_share_pie(counts: pd.DataFrame, classes: Sequence[str], *, group: str | None = None,
-                    title: str = "Share of cells per class") -> Figure:
-    """Pie of the summed class counts (one pie per group with ``group``), labels with n and %."""
+                    order: Sequence[str] | None = None, title: str = "Share of cells per class") -> Figure:
+    """Pie of the summed class counts (one pie per group with ``group``, in ``order`` when given,
+    else sorted), labels with n and %."""
     missing = [c for c in classes if c not in counts.columns]
     if missing:
         raise ValueError(f"class column(s) {missing} are not in the counts table")
-    df, gcol, order = _group_values(counts, group)
+    df, gcol, found = _group_values(counts, group)
+    if order is not None and sorted(map(str, order)) != sorted(found):
+        raise ValueError(f"order {list(order)} must list the groups found, {found}")
+    order = [str(g) for g in order] if order is not None else found
     colours = palette(list(classes))
     fig = Figure(figsize=(3.6 * len(order) + 0.5, 3.8), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, len(order), squeeze=False)).ravel()
@@ -114,9 +118,46 @@ def class_share_pie(counts: pd.DataFrame, classes: Sequence[str], *, group: str 
                    wedgeprops={"linewidth": 0.8, "edgecolor": "white"}, textprops={"fontsize": 8})
         ax.set_title(f"{g if group else 'all images'} (n={total})", fontsize=9)
         ax.set_aspect("equal")
-    labels = [f"{c} ({int(df[c].sum())})" for c in classes]
+    # counts in the legend only for one pie: summed over several pies they would match none of them
+    labels = [f"{c} ({int(df[c].sum())})" if len(order) == 1 else c for c in classes]
     fig.legend([Patch(color=colours[c]) for c in classes], labels, loc="outside right center", fontsize=8)
     fig.suptitle(title)
+    return fig
+
+
+def count_agreement(truth: pd.DataFrame, predicted: pd.DataFrame, classes: Sequence[str], *,
+                    label: str = "predicted", jitter: float = 0.15, seed: int = 0,
+                    title: str = "Cells per image: counted vs true") -> Figure:
+    """One panel per class: each image's true count (x) against its predicted count (y), the
+    diagonal, and MAE and bias (predicted minus true) in the panel title. ``truth`` and
+    ``predicted`` are :func:`~workbench.analysis.stats.per_image_counts` tables of the same images;
+    points are jittered by up to ``jitter`` so images with equal counts stay visible."""
+    missing = [c for t in (truth, predicted) for c in ["image", *classes] if c not in t.columns]
+    if missing:
+        raise ValueError(f"column(s) {sorted(set(missing))} are not in the counts tables")
+    both = truth[["image", *classes]].merge(predicted[["image", *classes]], on="image", how="outer",
+                                            suffixes=("_true", "_pred"), validate="one_to_one")
+    if both.isna().any().any():
+        raise ValueError("the truth and predicted count tables must list the same images")
+    rng = np.random.default_rng(seed)
+    colours = palette(list(classes))
+    fig = Figure(figsize=(3.3 * len(classes) + 0.4, 3.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(classes), squeeze=False)).ravel()
+    for ax, c in zip(axes, classes):
+        x, y = both[f"{c}_true"].to_numpy(float), both[f"{c}_pred"].to_numpy(float)
+        top = max(float(np.max(x, initial=0)), float(np.max(y, initial=0)), 1.0) + 0.5
+        ax.plot([0, top], [0, top], color="0.6", lw=1, zorder=1)
+        ax.scatter(x + rng.uniform(-jitter, jitter, len(x)), y + rng.uniform(-jitter, jitter, len(y)), s=12,
+                   color=colours[c], alpha=0.7, zorder=2)
+        err = y - x
+        mae = f"{np.abs(err).mean():.2f}" if len(err) else "n/a"
+        bias = f"{err.mean():+.2f}" if len(err) else "n/a"
+        ax.set(xlim=(-0.5, top), ylim=(-0.5, top), xlabel="true cells per image",
+               title=f"{c}: MAE {mae}, bias {bias}")
+        ax.title.set_fontsize(9)
+        ax.set_aspect("equal")
+    axes[0].set_ylabel(f"{label} cells per image")
+    fig.suptitle(f"{title} ({len(both)} images)")
     return fig
 
 

@@ -21,8 +21,8 @@ A cell returns one row per table it makes (``table``, ``columns``, ``records``),
 evaluation's many tables travel as plain rows.
 
 Outputs (:meth:`Study.write_outputs`): the tables ``rates``, ``rates_side_by_side``, ``pass_fail``,
-``error_attribution``, ``detection``, ``timing``, ``predictions_*``, ``tuning_val`` (when tuned),
-``stats_*`` and ``error_cells``; the figures ``class_share``, ``counts_per_image``,
+``error_attribution``, ``detection``, ``counting``, ``timing``, ``predictions_*``, ``tuning_val`` (when tuned),
+``stats_*`` and ``error_cells``; the figures ``class_share``, ``count_agreement``, ``counts_per_image``,
 ``positive_ratio``, ``cell_size``, ``neighbourhood`` and the ``worst_overlays`` gallery.
 """
 from __future__ import annotations
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 
 SYSTEMS = ("detector-only", "cascade")
 CASCADE_DETECTOR = "cascade_detector"  # run.json key: the detector a classifier's thresholds were frozen for
-STAT_FIGURES = ("class_share", "counts_per_image", "positive_ratio", "cell_size", "neighbourhood")
+STAT_FIGURES = ("class_share", "count_agreement", "counts_per_image", "positive_ratio", "cell_size", "neighbourhood")
 
 
 @dataclass(frozen=True)
@@ -118,7 +118,7 @@ class IndependentTestStudy(Study):
 
     name = "05_independent_test"
     profiles = PROFILES
-    headline_tables = ("rates_side_by_side", "detection")
+    headline_tables = ("rates_side_by_side", "detection", "counting")
     profile: TestProfile
     split = "test"
 
@@ -247,7 +247,7 @@ class IndependentTestStudy(Study):
     # ----------------------------------------------------------------- outputs
     def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
         got = tables_from_rows(rows)
-        order = ["rates", "rates_side_by_side", "pass_fail", "error_attribution", "detection", "timing",
+        order = ["rates", "rates_side_by_side", "pass_fail", "error_attribution", "detection", "counting", "timing",
                  "predictions_detector_only", "predictions_cascade", "tuning_val"]
         got["rates_side_by_side"] = rates_wide(got["rates"])
         if not len(got.get("tuning_val", ())):
@@ -296,7 +296,12 @@ class IndependentTestStudy(Study):
 
 
 CAPTIONS = {
-    "class_share": "Class shares of the ground truth.",
+    "class_share": "Class shares of the ground truth (left) and of the cascade's output at the operating "
+                   "point (right), summed over the test images.",
+    "count_agreement": "Cells per image counted by the cascade at the operating point against the truth, one "
+                       "point per test image (jittered by up to 0.15 so equal counts stay visible); the "
+                       "diagonal is perfect counting; MAE and bias (predicted minus true) per class in the "
+                       "panel titles (the table `counting` has both systems).",
     "counts_per_image": "Cells per image by class (GT), one point per image.",
     "positive_ratio": "Positive share per image (GT).",
     "cell_size": "Box area as a fraction of the image (left) and relative to the mean normal cell of the "
@@ -418,6 +423,26 @@ def detection_table(gt: pd.DataFrame, preds: Mapping[str, pd.DataFrame], classes
     return pd.DataFrame(rows)
 
 
+def counting_table(gt: pd.DataFrame, preds: Mapping[str, pd.DataFrame], classes: Sequence[str],
+                   images: Sequence[str]) -> pd.DataFrame:
+    """Per-image counts against the truth, per system and class (and all listed classes together):
+    totals, MAE, bias (mean predicted minus true), mean relative error and Pearson r over ``images``
+    (every test image, so an image with no cell and no box is an exact zero). ``preds`` are the
+    operating-point tables: every box in them counts, as a lab would read it off the image."""
+    from workbench.evaluation import metrics
+
+    rows = []
+    for name, pred in preds.items():
+        for cls in [*classes, "all"]:
+            keep = list(classes) if cls == "all" else [cls]
+            r = metrics.count_metrics(gt[gt["class"].isin(keep)], pred[pred["class"].isin(keep)],
+                                      score_thr=-np.inf, images=images)
+            rows.append({"system": name, "class": cls, "n_true": int(r.table["n_gt"].sum()),
+                         "n_pred": int(r.table["n_pred"].sum()), "mae": r.mae, "bias": r.mean_error,
+                         "mean_rel_error": r.mean_rel_error, "pearson_r": r.pearson_r, "images": r.n_images})
+    return pd.DataFrame(rows)
+
+
 def run_systems(data: Path, detector: Path, classifier: Path, *, split: str, device: str | None = None
                 ) -> tuple[dict[str, pd.DataFrame], dict[str, pd.DataFrame], pd.DataFrame]:
     """The detector alone and the cascade (thresholds from ``cascade.json``) on ``split``, each timed
@@ -492,7 +517,8 @@ def score_systems(gt: GroundTruth, preds: Mapping[str, pd.DataFrame], ranked: Ma
     return {"rates": rates, "pass_fail": pass_fail(rates, preset),
             "error_attribution": pd.concat([summary.assign(system=name) for name, (_, summary) in attributed.items()],
                                            ignore_index=True),
-            "detection": detection_table(gt.boxes, ranked, gt.classes), "timing": timing,
+            "detection": detection_table(gt.boxes, ranked, gt.classes),
+            "counting": counting_table(gt.boxes, preds, list(positive) + list(normal), gt.images), "timing": timing,
             **{f"predictions_{name.replace('-', '_')}": p for name, p in preds.items()},
             **{f"stats_{name}": df for name, df in stats.items()},
             "error_cells": attributed["cascade"][0]}
@@ -532,16 +558,29 @@ def rates_wide(rates: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- figures
 
 def stats_figures(st: Mapping[str, pd.DataFrame], *, classes: Sequence[str], group: str | None) -> dict[str, Any]:
-    """The cell-statistics figures of the ground truth (``st``: :func:`cell_statistics` tables)."""
+    """The cell-statistics figures (``st``: :func:`cell_statistics` tables): of the ground truth,
+    with the cascade's class shares and per-image counts set against it."""
     from workbench.report import stats_plots
 
     return {
-        "class_share": stats_plots.class_share_pie(st["counts_truth"], list(classes)),
+        "class_share": class_share_figure(st, classes),
+        "count_agreement": stats_plots.count_agreement(st["counts_truth"], st["counts_cascade"], list(classes),
+                                                       label="cascade"),
         "counts_per_image": stats_plots.class_count_boxplot(st["counts_truth"], list(classes), group=group),
         "positive_ratio": stats_plots.per_image_boxplot(st["ratio_truth"], "positive_fraction", group=group),
         "cell_size": stats_plots.cell_size_violins(st["sizes_truth"], group=group),
         "neighbourhood": stats_plots.neighbourhood_curves(st["neighbourhood_truth"], group=group),
     }
+
+
+def class_share_figure(st: Mapping[str, pd.DataFrame], classes: Sequence[str]) -> Any:
+    """Class shares of the truth beside those of the cascade's output (when ``st`` has it)."""
+    from workbench.report import stats_plots
+
+    sources = [(k, label) for k, label in (("truth", "ground truth"), ("cascade", "cascade output"))
+               if f"counts_{k}" in st]
+    both = pd.concat([st[f"counts_{k}"].assign(source=label) for k, label in sources], ignore_index=True)
+    return stats_plots.class_share_pie(both, list(classes), group="source", order=[label for _, label in sources])
 
 
 def worst_images(error_cells: pd.DataFrame, n: int) -> list[str]:
