@@ -70,7 +70,36 @@ def test_bccd_known_quirks_are_reported(bccd_audit):
     near = kinds(p, "near_duplicate_image")
     assert sorted(near["image"]) == ["BloodImage_00037", "BloodImage_00038"]
     assert (near["severity"] == "error").all() and near["detail"].str.contains("leakage").all()
-    assert set(p["kind"]) == {"zero_area_box", "duplicate_box", "near_duplicate_image"}
+    assert set(p["kind"]) == {"zero_area_box", "duplicate_box", "near_duplicate_image", "absent_common_class"}
+
+
+def test_bccd_images_without_a_class_that_almost_every_image_has_are_pointed_at(bccd_audit):
+    """BCCD boxes RBC in 280 of 292 images and WBC in 290: the 12 + 2 others are flagged (00330
+    boxes only its WBC among ~20 plainly visible red cells; notebook 05 counts 19 there)."""
+    absent = kinds(bccd_audit.problems, "absent_common_class")
+    assert len(absent) == 14 and (absent["severity"] == "warning").all()
+    by_class = absent["detail"].str.extract(r"^no (\w+) box")[0].value_counts().to_dict()
+    assert by_class == {"RBC": 12, "WBC": 2}
+    row = absent.set_index("image").loc["BloodImage_00330"]
+    assert row["detail"] == ("no RBC box, although 280 of 292 labelled images (95.9 %) have one: "
+                             "check for incomplete annotation")
+    assert row["file"].endswith("BloodImage_00330.txt")
+
+
+def test_absent_common_class_edge_cases():
+    from workbench.data.audit import absent_class_problems
+
+    objs = pd.DataFrame({"image_id": ["a", "a", "b", "c", "d", "d"], "class_id": [0, 1, 0, 0, 0, 7],
+                         "class": ["x", "y", "x", "x", "x", None]})
+    images = pd.DataFrame({"image_id": ["a", "b", "c", "d", "e", "f"], "label_path": list("abcdef"),
+                           "label_state": ["labelled"] * 4 + ["empty", "missing"]})
+    # x is in 4 of 4 labelled images; y in 1 of 4; empty/missing label files are other problems
+    assert absent_class_problems(objs, images, ["x", "y"], AuditSettings(common_class_share=0.9)) == []
+    rows = absent_class_problems(objs, images, ["x", "y"], AuditSettings(common_class_share=0.25))
+    assert [(r["image"], r["detail"][:6]) for r in rows] == [("b", "no y b"), ("c", "no y b"), ("d", "no y b")]
+    assert absent_class_problems(objs.iloc[:0], images.iloc[4:], ["x"], AuditSettings()) == []
+    with pytest.raises(ValueError, match="common_class_share"):
+        AuditSettings(common_class_share=0)
 
 
 @pytest.mark.slow
@@ -81,9 +110,9 @@ def test_write_audit_outputs_and_never_touches_the_dataset(bccd_canonical, bccd_
     doc = json.loads((out / "audit.json").read_text())
     assert (doc["images"], doc["objects"]) == (292, 3943)
     assert doc["classes"] == {"Platelets": 292, "RBC": 3350, "WBC": 301}
-    assert len(doc["problems"]) == len(bccd_audit.problems) == 12
+    assert len(doc["problems"]) == len(bccd_audit.problems) == 12 + 14  # + 14 absent_common_class
     assert {"image", "kind", "detail", "severity"} <= set(doc["problems"][0])
-    assert doc["settings"]["dup_iou"] == 0.9
+    assert doc["settings"]["dup_iou"] == 0.9 and doc["settings"]["common_class_share"] == 0.9
     for name in ("images", "objects", "problems", "duplicates", "images_per_split",
                  "objects_per_class_split", "objects_per_image", "box_sizes", "image_properties",
                  "density", "quality"):

@@ -88,7 +88,7 @@ def cmd_audit(a: argparse.Namespace) -> int:
     result = audit_dataset(a.dir, dense_threshold=a.dense_threshold, cluster_ratio=a.cluster_ratio,
                            cluster_min_objects=a.cluster_min_objects, tiny_box_px=a.tiny_box_px,
                            dup_iou=a.dup_iou, near_dup_distance=a.near_dup_distance, reduce=a.reduce,
-                           workers=a.workers)
+                           common_class_share=a.common_class_share, workers=a.workers)
     out = write_audit(result, a.out, overwrite=a.overwrite, figures=not a.no_figures, examples=a.examples)
     summary = json.loads((Path(a.out) / "audit.json").read_text())
     print(f"audit of {a.dir}: {summary['images']} images, {summary['objects']} objects, "
@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--cluster-min-objects", type=int, default=10, help="fewer objects: never clustered")
     au.add_argument("--tiny-box-px", type=float, default=3.0, help="boxes with a side below this are reported")
     au.add_argument("--dup-iou", type=float, default=0.9, help="same-class boxes above this IoU are duplicates")
+    au.add_argument("--common-class-share", type=float, default=0.9,
+                    help="a class boxed in at least this share of the labelled images is flagged where absent "
+                         "(absent_common_class: possibly incomplete annotation); 1 flags only classes in every image")
     au.add_argument("--near-dup-distance", type=int, default=6,
                     help="perceptual-hash bits for near-duplicate images (-1: off)")
     au.add_argument("--reduce", type=int, default=2, choices=[1, 2, 4, 8],

@@ -16,11 +16,11 @@ Use the package (``from workbench.data import audit; audit.audit_dataset(root)``
 """
 from workbench.data.audit.checks import (DENSITY_CLASSES, GREY_COLOURFULNESS, AuditSettings, check_image,
                                          check_images, clark_evans, density_class, duplicate_boxes, read_labels)
-from workbench.data.audit.problems import AUDIT_KINDS, BOUNDS_TOL, PROBLEM_COLUMNS, box_problems
+from workbench.data.audit.problems import AUDIT_KINDS, BOUNDS_TOL, PROBLEM_COLUMNS, absent_class_problems, box_problems
 from workbench.data.audit.report import AuditResult, audit_dataset, example_images, summary_tables, write_audit
 
 __all__ = [
     "AUDIT_KINDS", "BOUNDS_TOL", "DENSITY_CLASSES", "GREY_COLOURFULNESS", "PROBLEM_COLUMNS", "AuditResult",
-    "AuditSettings", "audit_dataset", "box_problems", "check_image", "check_images", "clark_evans",
+    "AuditSettings", "absent_class_problems", "audit_dataset", "box_problems", "check_image", "check_images", "clark_evans",
     "density_class", "duplicate_boxes", "example_images", "read_labels", "summary_tables", "write_audit",
 ]

@@ -54,6 +54,7 @@ class AuditSettings:
     dup_iou: float = 0.9
     near_dup_distance: int = DEFAULT_THRESHOLD
     reduce: int = 2
+    common_class_share: float = 0.9
 
     def __post_init__(self) -> None:
         if self.dense_threshold < 0:
@@ -68,6 +69,8 @@ class AuditSettings:
             raise ValueError(f"dup_iou must be in (0, 1], got {self.dup_iou}")
         if not -1 <= self.near_dup_distance <= 64:
             raise ValueError(f"near_dup_distance must be -1 (off) .. 64 bits, got {self.near_dup_distance}")
+        if not 0 < self.common_class_share <= 1:
+            raise ValueError(f"common_class_share must be in (0, 1], got {self.common_class_share}")
         if self.reduce not in _REDUCE_FLAGS:
             raise ValueError(f"reduce must be one of {sorted(_REDUCE_FLAGS)}, got {self.reduce}")
 

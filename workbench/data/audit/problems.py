@@ -27,7 +27,7 @@ AUDIT_KINDS = {
     "orphan_label_file": "warning", "unlisted_image": "warning",
     "duplicate_image": "error if across splits, else warning",
     "near_duplicate_image": "error if across splits, else warning",
-    "empty_label_file": "info", "unlabelled_image": "info", "tiny_box": "info",
+    "empty_label_file": "info", "unlabelled_image": "info", "tiny_box": "info", "absent_common_class": "warning",
 }
 # Label files are written with 6 decimals; other tools write 4. Tolerate that rounding.
 BOUNDS_TOL = 1e-4
@@ -81,6 +81,31 @@ def box_problems(objects: pd.DataFrame, classes: list[str], settings: AuditSetti
             rows.append({"image": r.image_id, "file": label_of.get(r.image_id, ""),
                          "object": f"line {r.line}", "kind": kind, "detail": detail(r),
                          "severity": severity, "action": action, "source": "audit"})
+    return rows
+
+
+def absent_class_problems(objects: pd.DataFrame, images: pd.DataFrame, classes: list[str],
+                          settings: AuditSettings) -> list[dict[str, Any]]:
+    """A class annotated in at least ``settings.common_class_share`` of the labelled images but not
+    in this labelled image: one warning per image and class. Such an image is often annotated
+    incompletely (BCCD has images where only the white cell is boxed among ~20 red cells), which
+    training reads as background and evaluation as false positives; the audit cannot tell that from
+    a field that truly lacks the class, so it only points at it."""
+    labelled = images.loc[images["label_state"] == "labelled", ["image_id", "label_path"]]
+    if labelled.empty:
+        return []
+    known = objects[objects["class_id"].between(0, len(classes) - 1)]
+    present = pd.crosstab(known["image_id"], known["class"]).reindex(
+        index=labelled["image_id"], columns=classes, fill_value=0).fillna(0) > 0
+    share = present.mean()
+    rows = []
+    for cls in [c for c in classes if share[c] >= settings.common_class_share]:
+        n_with, n = int(present[cls].sum()), len(present)
+        for image_id, label in labelled[~present[cls].to_numpy()].itertuples(index=False):
+            rows.append({"image": image_id, "file": label, "object": "", "kind": "absent_common_class",
+                         "detail": f"no {cls} box, although {n_with} of {n} labelled images "
+                                   f"({100 * n_with / n:.1f} %) have one: check for incomplete annotation",
+                         "severity": "warning", "action": "none (audit only)", "source": "audit"})
     return rows
 
 

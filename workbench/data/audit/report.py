@@ -23,9 +23,9 @@ from workbench.core.problems import ProblemLog
 from workbench.data.audit.checks import (DENSITY_CLASSES, GREY_COLOURFULNESS, AuditSettings, clark_evans,
                                          density_class, duplicate_boxes, label_path, read_labels,
                                          start_image_checks)
-from workbench.data.audit.problems import (PROBLEM_COLUMNS, box_problems, duplicate_box_problems,
-                                           duplicate_image_problems, folder_problems, image_problems,
-                                           import_problems, label_log_problems, meta_problems)
+from workbench.data.audit.problems import (PROBLEM_COLUMNS, absent_class_problems, box_problems,
+                                           duplicate_box_problems, duplicate_image_problems, folder_problems,
+                                           image_problems, import_problems, label_log_problems, meta_problems)
 from workbench.data.canonical import META_COLUMNS, SPLITS, read_classes, read_meta
 from workbench.data.leakage import DEFAULT_THRESHOLD, find_duplicates
 
@@ -74,7 +74,7 @@ class AuditResult:
 
 def audit_dataset(root: str | Path, *, dense_threshold: int = 100, cluster_ratio: float = 0.6,
                   cluster_min_objects: int = 10, tiny_box_px: float = 3.0, dup_iou: float = 0.9,
-                  near_dup_distance: int = DEFAULT_THRESHOLD, reduce: int = 2,
+                  near_dup_distance: int = DEFAULT_THRESHOLD, reduce: int = 2, common_class_share: float = 0.9,
                   workers: int | None = None) -> AuditResult:
     """Audit the canonical dataset at ``root`` (read-only) and return tidy tables.
 
@@ -82,7 +82,7 @@ def audit_dataset(root: str | Path, *, dense_threshold: int = 100, cluster_ratio
     decode images (default ``os.cpu_count()``; 1 = in this process).
     """
     settings = AuditSettings(dense_threshold, cluster_ratio, cluster_min_objects, tiny_box_px,
-                             dup_iou, near_dup_distance, reduce)
+                             dup_iou, near_dup_distance, reduce, common_class_share)
     root = Path(root)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -114,6 +114,7 @@ def audit_dataset(root: str | Path, *, dense_threshold: int = 100, cluster_ratio
     rows += label_log_problems(log, label_of)
     rows += image_problems(images)
     rows += box_problems(objects, classes, settings, label_of)
+    rows += absent_class_problems(objects, images, classes, settings)
     rows += duplicate_box_problems(dup_boxes, label_of, settings)
     rows += duplicate_image_problems(duplicates, file_of)
     problems = pd.DataFrame(rows, columns=PROBLEM_COLUMNS).fillna("").astype(str)
