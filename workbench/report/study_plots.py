@@ -45,22 +45,28 @@ def metric_curves(table: pd.DataFrame, *, x: str = "epoch", y: str = "mAP50", hu
     return fig
 
 
-def size_vs_accuracy(table: pd.DataFrame, *, title: str = "Model size vs mAP50") -> Figure:
-    """Parameters (millions) against mAP50, marker area proportional to parameters."""
-    fig = Figure(figsize=(5.5, 4))
-    ax = fig.subplots()
-    params_m = table["params"] / 1e6
-    sizes = 600 * params_m / max(params_m.max(), 1e-9) + 20
-    sc = ax.scatter(params_m, table["mAP50"], s=sizes, c=range(len(table)), cmap="viridis", alpha=0.7,
-                    edgecolor="k")
-    for _, r in table.iterrows():
-        label = str(r["model"]) + (f"\n{r['latency_ms']:.0f} ms/img" if "latency_ms" in r and pd.notna(r["latency_ms"]) else "")
-        ax.annotate(label, (r["params"] / 1e6, r["mAP50"]), textcoords="offset points", xytext=(8, 4), fontsize=8)
-    top = float(np.nanmax(table["mAP50"])) if len(table) and np.isfinite(table["mAP50"]).any() else 0.0
-    ax.set_ylim(0, max(0.1, top * 1.2))
-    ax.set_xlim(0, float(params_m.max()) * 1.25 if len(table) else 1)
-    del sc
-    fig.tight_layout()
+def accuracy_vs_cost(table: pd.DataFrame, *, y: str = "map50", title: str = "Model size vs test mAP50") -> Figure:
+    """Two panels, one point per model: ``y`` against parameters (millions) and against latency
+    (``latency_ms``, when the table has it), with ``<y>_lo``..``<y>_hi`` as error bars when known."""
+    costs = [("params", "parameters (millions)", 1e-6)]
+    if "latency_ms" in table and table["latency_ms"].notna().any():
+        where = f" on {table['latency_device'].iloc[0]}" if "latency_device" in table else ""
+        costs.append(("latency_ms", f"latency{where} (ms per image, batch 1)", 1.0))
+    fig = Figure(figsize=(4.6 * len(costs), 4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(costs), squeeze=False)).ravel()
+    colours = palette([str(m) for m in table["model"]])
+    has_ci = {f"{y}_lo", f"{y}_hi"} <= set(table.columns) and table[[f"{y}_lo", f"{y}_hi"]].notna().all().all()
+    top = float(np.nanmax(table[f"{y}_hi" if has_ci else y])) if len(table) else 0.0
+    for ax, (col, label, scale) in zip(axes, costs):
+        for _, r in table.iterrows():
+            x, c = float(r[col]) * scale, colours[str(r["model"])]
+            err = np.array([[r[y] - r[f"{y}_lo"]], [r[f"{y}_hi"] - r[y]]]).clip(min=0) if has_ci else None
+            ax.errorbar([x], [r[y]], yerr=err, fmt="o", ms=7, color=c, ecolor="k", elinewidth=1, capsize=3)
+            ax.annotate(str(r["model"]), (x, r[y]), textcoords="offset points", xytext=(7, -3), fontsize=8)
+        xmax = float(np.nanmax(table[col])) * scale if len(table) else 1.0
+        ax.set(xlim=(0, xmax * 1.3 if xmax > 0 else 1), ylim=(0, max(0.1, top * 1.1)), xlabel=label,
+               ylabel=f"test {'mAP50' if y == 'map50' else y}" + (" (95 % bootstrap interval)" if has_ci else ""))
+    fig.suptitle(title)
     return fig
 
 

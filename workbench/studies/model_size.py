@@ -122,7 +122,7 @@ class ModelSizeStudy(Study):
         threads = f" ({'/'.join(map(str, n_threads))} torch thread{'s' if n_threads != [1] else ''})" if n_threads else ""
         return (f"Parameters (from the trained checkpoints) vs mAP50 on the TEST split ({i['test_images']} images "
                 f"seen by no training, early stopping or checkpoint choice); bars: 95 % per-image bootstrap "
-                f"intervals; marker area proportional to parameters. best.pt chosen on val ({i['val_images']} "
+                f"intervals; right: the same against the latency. best.pt chosen on val ({i['val_images']} "
                 f"images; val_map50 in the table is that val score, not a result). Profile {p.name}: "
                 f"{p.epochs} epochs at {p.imgsz} px, batch {p.batch or 'auto'}, {i['train_images']} training "
                 f"images, one seed ({p.seed}) per model, so the intervals show test-image noise only, not "
@@ -165,21 +165,10 @@ def score_on_test(run_dir: Path, dataset: Path, *, n_boot: int, device: str) -> 
 
 
 def size_figure(table: pd.DataFrame) -> Figure:
-    """Parameters vs test mAP50 (``map50``), its bootstrap interval as error bars when known."""
-    import numpy as np
+    """Test mAP50 (bootstrap interval as error bars) against parameters and against CPU latency."""
+    from workbench.report.study_plots import accuracy_vs_cost
 
-    from workbench.report.study_plots import size_vs_accuracy
-
-    fig = size_vs_accuracy(table.rename(columns={"map50": "mAP50"}), title="Model size vs test mAP50")
-    ax = fig.axes[0]
-    if len(table) and table[["map50_lo", "map50_hi"]].notna().all().all():
-        err = np.vstack([table["map50"] - table["map50_lo"], table["map50_hi"] - table["map50"]]).clip(min=0)
-        ax.errorbar(table["params"] / 1e6, table["map50"], yerr=err, fmt="none", ecolor="k", elinewidth=1, capsize=3)
-        ax.set_ylim(0, max(ax.get_ylim()[1], float(table["map50_hi"].max()) * 1.1))
-    ax.set(xlabel="parameters (millions)", ylabel="test mAP50 (95 % bootstrap interval)",
-           title="Model size vs test mAP50")
-    fig.tight_layout()
-    return fig
+    return accuracy_vs_cost(table, y="map50", title="Model size vs test mAP50")
 
 
 def latency_ms(run_dir: Path, dataset: Path, *, split: str = "test", n: int = 10, device: str = "cpu",
