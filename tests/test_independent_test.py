@@ -104,6 +104,34 @@ def test_table_rows_round_trip_keeps_columns_dtypes_and_empty_tables():
     assert back["a"]["changed"].dtype == bool and np.isnan(back["a"]["score"].iloc[1])
 
 
+def test_rows_of_several_seeds_keep_every_seed_and_give_the_spread_across_runs():
+    """A grid run with --vary seed=0,1 gathers one evaluation per seed: no seed's table may
+    replace another's, and the study reports the spread between them."""
+    def evaluation(seed: int, det_rate: float, map50: float) -> list[dict]:
+        rates = pd.DataFrame([{"system": s, "group": "all", "metric": "detection_rate", "value": det_rate,
+                               "lo": det_rate - 0.05, "hi": det_rate + 0.05} for s in it.SYSTEMS])
+        det = pd.DataFrame([{"system": s, "map50": map50, "map50_95": map50 / 2, "ap50_WBC": 1.0} for s in it.SYSTEMS])
+        return [{"cell": "test_evaluation", "seed": seed, **r}
+                for r in it.table_rows({"rates": rates, "detection": det, "empty": pd.DataFrame(columns=["x"])})]
+
+    rows = pd.DataFrame(evaluation(0, 0.78, 0.877) + evaluation(1, 0.70, 0.850) + evaluation(2, 0.74, 0.860))
+    assert it.variant_columns(rows) == ["seed"]
+    back = it.tables_from_rows(rows)
+    assert back["rates"]["seed"].tolist() == [0, 0, 1, 1, 2, 2] and back["rates"].columns[0] == "seed"
+    assert back["empty"].columns.tolist() == ["seed", "x"] and back["empty"].empty
+    wide = it.rates_wide(back["rates"], by=["seed"])
+    assert wide[["seed", "cascade"]].values.tolist() == [[0, "0.780 [0.730, 0.830]"], [1, "0.700 [0.650, 0.750]"],
+                                                         [2, "0.740 [0.690, 0.790]"]]
+    across = it.across_variants(back, ["seed"])
+    r = across["rates_across_runs"].set_index("system").loc["cascade"]
+    assert (r["mean"], r["min"], r["max"], r["runs"]) == (pytest.approx(0.74), 0.70, 0.78, 3)
+    d = across["detection_across_runs"].set_index("system").loc["detector-only"]
+    assert (d["map50_mean"], d["map50_min"], d["map50_max"], d["runs"]) == (pytest.approx(0.862333, abs=1e-6),
+                                                                            0.850, 0.877, 3)
+    first, label = it.one_variant(back, ["seed"])
+    assert label == "seed 0" and first["rates"]["value"].tolist() == [0.78, 0.78] and "seed" not in first["rates"]
+
+
 def _fake_run(folder, **record):
     folder.mkdir(parents=True)
     (folder / "run.json").write_text(json.dumps(record))

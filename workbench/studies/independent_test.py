@@ -118,7 +118,7 @@ class IndependentTestStudy(Study):
 
     name = "05_independent_test"
     profiles = PROFILES
-    headline_tables = ("rates_side_by_side", "detection", "counting")
+    headline_tables = ("rates_across_runs", "detection_across_runs", "rates_side_by_side", "detection", "counting")
     profile: TestProfile
     split = "test"
 
@@ -246,10 +246,14 @@ class IndependentTestStudy(Study):
 
     # ----------------------------------------------------------------- outputs
     def tables(self, rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-        got = tables_from_rows(rows)
-        order = ["rates", "rates_side_by_side", "pass_fail", "error_attribution", "detection", "counting", "timing",
-                 "predictions_detector_only", "predictions_cascade", "tuning_val"]
-        got["rates_side_by_side"] = rates_wide(got["rates"])
+        got, by = tables_from_rows(rows), variant_columns(rows)
+        order = ["rates", "rates_side_by_side", "rates_across_runs", "pass_fail", "error_attribution", "detection",
+                 "detection_across_runs", "counting", "timing", "predictions_detector_only", "predictions_cascade",
+                 "tuning_val"]
+        got["rates_side_by_side"] = rates_wide(got["rates"], by=by)
+        if by and len(got["rates"][by].drop_duplicates()) > 1:
+            got.update(across_variants(got, by))
+            got["variants"] = got["rates"][by].drop_duplicates().reset_index(drop=True)
         if not len(got.get("tuning_val", ())):
             got.pop("tuning_val", None)  # fixed thresholds: nothing was tuned
         return {name: got[name] for name in order + sorted(set(got) - set(order)) if name in got}
@@ -258,6 +262,8 @@ class IndependentTestStudy(Study):
         from workbench.data.canonical import read_images
         from workbench.report.overlays import overlay_gallery
 
+        # several runs (a grid's --vary): the figures show the first one's images; the caption says which
+        tables, _ = one_variant(tables, list(tables["variants"].columns) if "variants" in tables else [])
         figs = stats_figures({k[len("stats_"):]: v for k, v in tables.items() if k.startswith("stats_")},
                              classes=self.positive + self.normal, group=self.group_by)
         worst = worst_images(tables["error_cells"], self.profile.gallery)
@@ -279,6 +285,11 @@ class IndependentTestStudy(Study):
                   f"classifier {self.classifier_run.name}; profile {p.name}, one seed ({p.seed}): both systems "
                   f"share that detector and are compared on the same test images (CIs over images), so the "
                   f"spread between training seeds is not part of these intervals.")
+        if "variants" in tables:
+            _, label = one_variant(tables, list(tables["variants"].columns))
+            common += (f" {len(tables['variants'])} runs ({', '.join(tables['variants'].columns)} varied): this "
+                       f"figure shows {label}; the tables rates_across_runs and detection_across_runs give the "
+                       f"spread over all of them.")
         return CAPTIONS.get(name, "") + " " + common
 
     def settings(self) -> dict[str, Any]:
@@ -324,12 +335,59 @@ def table_rows(tables: Mapping[str, pd.DataFrame]) -> list[dict[str, Any]]:
     return out
 
 
+ROW_KEYS = ("cell", "table", "columns", "records")  # what a gathered table row holds besides variant fields
+
+
+def variant_columns(rows: pd.DataFrame) -> list[str]:
+    """The varied profile fields of gathered rows (a grid's ``--vary seed=0,1,2`` adds ``seed``)."""
+    return [str(c) for c in rows.columns if c not in ROW_KEYS]
+
+
 def tables_from_rows(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The tables of :func:`table_rows` rows back (columns in their order, empty tables kept)."""
+    """The tables of :func:`table_rows` rows back (columns in their order, empty tables kept).
+    Rows of several variants (a grid run with ``--vary``) give one table each, stacked, with the
+    varied fields as the first columns: no variant's table replaces another's."""
     if "table" not in rows.columns:
         return {}
-    return {str(r["table"]): pd.DataFrame(list(r["records"]), columns=list(r["columns"]))
-            for r in rows.to_dict("records") if isinstance(r.get("table"), str)}
+    by = variant_columns(rows)
+    frames: dict[str, list[pd.DataFrame]] = {}
+    for r in rows.to_dict("records"):
+        if not isinstance(r.get("table"), str):
+            continue
+        df = pd.DataFrame(list(r["records"]), columns=list(r["columns"]))
+        for i, col in enumerate(by):
+            df.insert(i, col, pd.Series([r[col]] * len(df), dtype=object if not len(df) else None))
+        frames.setdefault(str(r["table"]), []).append(df)
+    return {name: pd.concat([f for f in fs if len(f)] or fs[:1], ignore_index=True) for name, fs in frames.items()}
+
+
+def across_variants(tables: Mapping[str, pd.DataFrame], by: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """Mean, min and max over the variants (e.g. training seeds) of each system's rates (per group
+    and metric) and detection scores: the spread between runs that the per-run intervals omit."""
+    out = {}
+    rates = tables["rates"]
+    out["rates_across_runs"] = (rates.groupby(["system", "group", "metric"], sort=False)["value"]
+                                .agg(mean="mean", min="min", max="max", runs="count").reset_index())
+    det = tables["detection"]
+    scores = [c for c in det.columns if c == "map50" or c == "map50_95" or c.startswith("ap50_")]
+    agg = det.groupby("system", sort=False)[scores].agg(["mean", "min", "max"])
+    agg.columns = [f"{m}_{stat}" for m, stat in agg.columns]
+    out["detection_across_runs"] = agg.assign(runs=det.groupby("system", sort=False).size()).reset_index()
+    return out
+
+
+def one_variant(tables: Mapping[str, pd.DataFrame], by: Sequence[str]) -> tuple[dict[str, pd.DataFrame], str]:
+    """The tables of the first variant only (what the figures show) and its label, e.g. ``seed 0``."""
+    if not by:
+        return dict(tables), ""
+    first = tables["rates"][list(by)].iloc[0]
+    label = ", ".join(f"{k} {v}" for k, v in first.items())
+    keep = {}
+    for name, t in tables.items():
+        if set(by) <= set(t.columns):
+            t = t[(t[list(by)].astype(str) == first.astype(str).to_numpy()).all(axis=1)].drop(columns=list(by))
+        keep[name] = t.reset_index(drop=True)
+    return keep, label
 
 
 # ----------------------------------------------------------------------------- data
@@ -547,11 +605,12 @@ def cell_statistics(boxes_by_source: Mapping[str, pd.DataFrame], images: pd.Data
     return out
 
 
-def rates_wide(rates: pd.DataFrame) -> pd.DataFrame:
-    """Systems side by side: one row per group and rate, ``value [lo, hi]`` per system."""
+def rates_wide(rates: pd.DataFrame, *, by: Sequence[str] = ()) -> pd.DataFrame:
+    """Systems side by side: one row per group and rate (and per variant ``by``, e.g. seed),
+    ``value [lo, hi]`` per system."""
     cell = rates.assign(text=[f"{v:.3f} [{lo:.3f}, {hi:.3f}]" if np.isfinite(v) else "n/a"
                               for v, lo, hi in zip(rates["value"], rates["lo"], rates["hi"])])
-    return cell.pivot_table(index=["group", "metric"], columns="system", values="text", aggfunc="first",
+    return cell.pivot_table(index=[*by, "group", "metric"], columns="system", values="text", aggfunc="first",
                             sort=False)[[s for s in SYSTEMS if s in set(rates["system"])]].reset_index()
 
 
