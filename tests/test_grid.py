@@ -196,6 +196,11 @@ def test_variants_keys_and_dependency_levels_are_planned_without_running_anythin
     assert planned[0].dir.name.startswith("a-") and len(planned[0].dir.name) == len("a-") + 12
     with pytest.raises(ValueError, match="no field"):
         plan_grid(study, vary={"nonsense": [1]})
+    # a study whose tables pool every cell's rows refuses several variants, before any cell runs
+    study.varies = False
+    with pytest.raises(ValueError, match=r"--vary is not supported .* e.g. --vary seed=1 --out DIR"):
+        plan_grid(study, vary={"level": [0, 1]})
+    assert len(plan_grid(study, vary={"level": [1]})) == 3  # one value per folder is fine
 
 
 @SUBPROCESSES

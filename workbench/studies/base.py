@@ -123,6 +123,9 @@ class Study:
     profiles: ClassVar[Mapping[str, Profile]] = {}
     default_dataset: ClassVar[str | None] = "bccd"  # None: the study fixes its own data
     headline_tables: ClassVar[tuple[str, ...]] = ()  # tables shown in the committed results' README
+    # False: tables() pools every row it gets (boxes of one run per approach), so the rows of several
+    # grid variants (--vary) would be scored as one run: the grid refuses such a plan
+    varies: ClassVar[bool] = True
 
     def __init__(self, dataset: str | Path | None = None, *, profile: str | Profile = "smoke",
                  out_dir: str | Path | None = None, work_dir: str | Path | None = None,

@@ -101,6 +101,10 @@ def plan_grid(study: Study, grid_dir: str | Path | None = None, *,
     together) and describe its cells, each with its key and folder, in dependency order."""
     from workbench.models.runs import package_versions
 
+    if len(variants(vary)) > 1 and not study.varies:
+        raise ValueError(f"{study.name}: --vary is not supported (its tables pool the rows of all cells, so "
+                         f"several runs would be scored as one); run one value per grid folder instead, e.g. "
+                         f"--vary seed=1 --out DIR")
     grid_dir = Path(grid_dir) if grid_dir else study.grid_dir
     data, versions = dataset_identity(study), package_versions()
     planned: list[GridCell] = []

@@ -219,6 +219,7 @@ class LargeImagesStudy(Study):
     profiles = PROFILES
     default_dataset = "monuseg"
     headline_tables = ("large_images", "micronuclei_large_images")
+    varies = False  # tables() pools every cell's boxes per approach: one run per approach
     profile: LargeProfile
 
     def __init__(self, dataset: str | Path | None = None, *, micronuclei: bool = True,

@@ -382,6 +382,7 @@ class MicronucleiStudy(Study):
     profiles = PROFILES
     default_dataset = "mnfinder"
     headline_tables = ("mn_study", "mn_errors", "mn_training")
+    varies = False  # tables() pools every cell's boxes per approach: one run per approach
     profile: MNProfile
 
     def __init__(self, dataset: str | Path | None = None, *, work_dir: str | Path | None = None,
