@@ -327,11 +327,11 @@ def test_bccd_figures(bccd):
     with pytest.raises(ValueError, match="must list the groups found"):
         stats_plots.class_share_pie(c, ["RBC"], group="split", order=["val"])
 
-    # counting against itself is perfect; one RBC more in one image is MAE 1/292, bias +1/292
+    # counting against itself is perfect; 292 RBC too many in one of the 292 images is MAE 1, bias +1
     more = c.copy()
-    more.loc[0, "RBC"] += 1
+    more.loc[0, "RBC"] += 292
     fig = stats_plots.count_agreement(c, more, ["RBC", "WBC"], label="model")
-    assert [ax.get_title() for ax in fig.axes[:2]] == ["RBC: MAE 0.00, bias +0.00", "WBC: MAE 0.00, bias +0.00"]
+    assert [ax.get_title() for ax in fig.axes[:2]] == ["RBC: MAE 1.00, bias +1.00", "WBC: MAE 0.00, bias +0.00"]
     assert len(fig.axes[0].collections[0].get_offsets()) == len(c) == 292
     assert fig.axes[0].get_ylabel() == "model cells per image"
     with pytest.raises(ValueError, match="same images"):

@@ -252,7 +252,7 @@ class IndependentTestStudy(Study):
                  "tuning_val"]
         got["rates_side_by_side"] = rates_wide(got["rates"], by=by)
         if by and len(got["rates"][by].drop_duplicates()) > 1:
-            got.update(across_variants(got, by))
+            got.update(across_variants(got))
             got["variants"] = got["rates"][by].drop_duplicates().reset_index(drop=True)
         if not len(got.get("tuning_val", ())):
             got.pop("tuning_val", None)  # fixed thresholds: nothing was tuned
@@ -263,7 +263,7 @@ class IndependentTestStudy(Study):
         from workbench.report.overlays import overlay_gallery
 
         # several runs (a grid's --vary): the figures show the first one's images; the caption says which
-        tables, _ = one_variant(tables, list(tables["variants"].columns) if "variants" in tables else [])
+        tables = one_variant(tables, list(tables["variants"].columns) if "variants" in tables else [])
         figs = stats_figures({k[len("stats_"):]: v for k, v in tables.items() if k.startswith("stats_")},
                              classes=self.positive + self.normal, group=self.group_by)
         worst = worst_images(tables["error_cells"], self.profile.gallery)
@@ -286,9 +286,9 @@ class IndependentTestStudy(Study):
                   f"share that detector and are compared on the same test images (CIs over images), so the "
                   f"spread between training seeds is not part of these intervals.")
         if "variants" in tables:
-            _, label = one_variant(tables, list(tables["variants"].columns))
-            common += (f" {len(tables['variants'])} runs ({', '.join(tables['variants'].columns)} varied): this "
-                       f"figure shows {label}; the tables rates_across_runs and detection_across_runs give the "
+            v = tables["variants"]
+            common += (f" {len(v)} runs ({', '.join(v.columns)} varied): this figure shows {variant_label(v)}; "
+                       f"the tables rates_across_runs and detection_across_runs give the "
                        f"spread over all of them.")
         return CAPTIONS.get(name, "") + " " + common
 
@@ -356,12 +356,12 @@ def tables_from_rows(rows: pd.DataFrame) -> dict[str, pd.DataFrame]:
             continue
         df = pd.DataFrame(list(r["records"]), columns=list(r["columns"]))
         for i, col in enumerate(by):
-            df.insert(i, col, pd.Series([r[col]] * len(df), dtype=object if not len(df) else None))
+            df.insert(i, col, r[col])
         frames.setdefault(str(r["table"]), []).append(df)
     return {name: pd.concat([f for f in fs if len(f)] or fs[:1], ignore_index=True) for name, fs in frames.items()}
 
 
-def across_variants(tables: Mapping[str, pd.DataFrame], by: Sequence[str]) -> dict[str, pd.DataFrame]:
+def across_variants(tables: Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Mean, min and max over the variants (e.g. training seeds) of each system's rates (per group
     and metric) and detection scores: the spread between runs that the per-run intervals omit."""
     out = {}
@@ -376,18 +376,22 @@ def across_variants(tables: Mapping[str, pd.DataFrame], by: Sequence[str]) -> di
     return out
 
 
-def one_variant(tables: Mapping[str, pd.DataFrame], by: Sequence[str]) -> tuple[dict[str, pd.DataFrame], str]:
-    """The tables of the first variant only (what the figures show) and its label, e.g. ``seed 0``."""
+def variant_label(variants: pd.DataFrame) -> str:
+    """The first variant of a ``variants`` table (what the figures show), e.g. ``seed 0``."""
+    return ", ".join(f"{k} {v}" for k, v in variants.iloc[0].items())
+
+
+def one_variant(tables: Mapping[str, pd.DataFrame], by: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """The tables of the first variant only (what the figures show), ``by`` columns dropped."""
     if not by:
-        return dict(tables), ""
+        return dict(tables)
     first = tables["rates"][list(by)].iloc[0]
-    label = ", ".join(f"{k} {v}" for k, v in first.items())
     keep = {}
     for name, t in tables.items():
         if set(by) <= set(t.columns):
             t = t[(t[list(by)].astype(str) == first.astype(str).to_numpy()).all(axis=1)].drop(columns=list(by))
         keep[name] = t.reset_index(drop=True)
-    return keep, label
+    return keep
 
 
 # ----------------------------------------------------------------------------- data

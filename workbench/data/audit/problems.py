@@ -96,7 +96,7 @@ def absent_class_problems(objects: pd.DataFrame, images: pd.DataFrame, classes: 
         return []
     known = objects[objects["class_id"].between(0, len(classes) - 1)]
     present = pd.crosstab(known["image_id"], known["class"]).reindex(
-        index=labelled["image_id"], columns=classes, fill_value=0).fillna(0) > 0
+        index=labelled["image_id"], columns=classes, fill_value=0) > 0
     share = present.mean()
     rows = []
     for cls in [c for c in classes if share[c] >= settings.common_class_share]:
