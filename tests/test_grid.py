@@ -95,7 +95,10 @@ def test_rerun_runs_named_finished_cells_again_and_keeps_their_previous_rows(tmp
     [folder] = [gc.dir for gc in plan_grid(study) if gc.cell_key == "eval_a"]
     [previous] = list((folder / "previous").iterdir())
     assert json.loads((previous / "rows.json").read_text())[0]["score"] == 6.0
-    assert json.loads((previous / "status.json").read_text())["state"] == "done"
+    first_run_s = json.loads((previous / "status.json").read_text())["duration_s"]
+    assert json.loads((previous / "status.json").read_text())["state"] == "done" and first_run_s > 0
+    earlier = read_grid(study.grid_dir).set_index("cell")["earlier_runs_s"]  # the profile's cost keeps it
+    assert earlier["eval_a"] == pytest.approx(first_run_s) and earlier["train"] == 0
     with pytest.raises(ValueError, match="matches no cell of this grid; its cells: eval_a, eval_b, train"):
         run_grid(study, progress=False, rerun=["evl*"])
 

@@ -318,7 +318,7 @@ def _progress(total: int, done: int, enabled: bool, engine: str):
 
 def gather(cells: Sequence[GridCell]) -> pd.DataFrame:
     """``grid.csv``: one row per cell. Config and varied fields, state, host, GPU ids, times and
-    error from ``status.json``, and the cell's metrics (numeric means when it returned several rows)."""
+    error from ``status.json``, the time of earlier runs set aside by ``--rerun``, and the cell's metrics (numeric means when it returned several rows)."""
     out = []
     for gc in cells:
         status, rows = read_status(gc.dir), read_rows(gc.dir) if is_done(gc.dir) else None
@@ -326,7 +326,8 @@ def gather(cells: Sequence[GridCell]) -> pd.DataFrame:
                                **{k: v for k, v in gc.cell.get("config", {}).items() if k not in gc.vary}}
         row.update({"state": status.get("state", "pending"), "host": status.get("host"), "gpus": status.get("gpus"),
                     "start": status.get("start"), "end": status.get("end"), "duration_s": status.get("duration_s"),
-                    "attempts": status.get("attempts"), "error": status.get("error"), "key": gc.key})
+                    "attempts": status.get("attempts"), "error": status.get("error"), "key": gc.key,
+                    "earlier_runs_s": earlier_runs_s(gc.dir)})
         if rows:
             frame = pd.DataFrame(rows)
             values = frame.iloc[0].to_dict() if len(frame) == 1 else frame.mean(numeric_only=True).to_dict()
@@ -334,6 +335,13 @@ def gather(cells: Sequence[GridCell]) -> pd.DataFrame:
             row["n_rows"] = len(frame)
         out.append(row)
     return pd.DataFrame(out)
+
+
+def earlier_runs_s(cell_dir: Path) -> float:
+    """Summed run time of a cell's earlier runs, set aside by ``--rerun`` in ``previous/``: a re-run
+    that reuses the trained model takes a minute, but the profile's cost includes the first run."""
+    runs = [read_status(d) for d in sorted((cell_dir / PREVIOUS_DIR).glob("*")) if d.is_dir()]
+    return float(sum(r.get("duration_s") or 0.0 for r in runs))
 
 
 def gathered_rows(cells: Sequence[GridCell]) -> pd.DataFrame:

@@ -78,7 +78,8 @@ def publish_grid(*, profile: str = "cpu", only: list[str] | None = None, device:
     """Publish what each result job's grid (``python -m workbench grid``, in the study's default
     folder) has finished so far, without training anything: a long profile run cell by cell, across
     sessions or machines, is published as it grows. The README and ``provenance.json`` say how many
-    cells are done and name the others; the wall time is the finished cells' summed run time."""
+    cells are done and name the others; the wall time is the finished cells' summed run time, with the
+    earlier runs of cells re-run by ``--rerun``."""
     from workbench.studies.grid import read_grid
 
     done = []
@@ -97,8 +98,9 @@ def publish_grid(*, profile: str = "cpu", only: list[str] | None = None, device:
         grid = {"folder": str(study.grid_dir), "cells": len(cells), "done": len(finished),
                 "not_done": {str(r.cell): str(r.state) for r in cells[cells["state"] != "done"].itertuples()}}
         params = {**job.params, "profile": profile}
-        done.append(publish(study.results_dir, job.notebook, wall_s=float(finished["duration_s"].sum()),
-                            params=params, grid=grid))
+        # a re-run cell (--rerun) reuses its trained run: its first run's time is part of the cost
+        spent = finished["duration_s"].fillna(0).sum() + finished["earlier_runs_s"].fillna(0).sum()
+        done.append(publish(study.results_dir, job.notebook, wall_s=float(spent), params=params, grid=grid))
         log(f"[results] {job.notebook} ({profile}): {len(finished)} of {len(cells)} grid cells -> {done[-1]}")
     return done
 
@@ -223,7 +225,8 @@ def readme(notebook: str, doc: dict[str, Any], tables: dict[str, pd.DataFrame], 
                   + ". The tables and figures below hold the finished cells only.", ""]
     if grid:
         lines += ["Run as a grid, cell by cell (`python -m workbench grid`): the time above is the cells' summed "
-                  "training and evaluation time, which overstates the profile when cells shared the machine. "
+                  "training and evaluation time (with the earlier runs of cells re-run by `--rerun`), which "
+                  "overstates the profile when cells shared the machine. "
                   "A cell that reused a run finished earlier counts only the time to find it: the study's "
                   "own tables give the runs' training times.", ""]
     for name in headline:
