@@ -56,10 +56,10 @@ def test_cells_run_the_headline_first_and_respect_the_seed_subsets(tmp_path):
     assert cells[0] == (PRETRAIN, 0, 1.0)  # the one shared pretraining first
     cells = cells[1:]
     assert cells[:6] == [(arm, seed, 1.0) for seed in (0, 1, 2) for arm in (SCRATCH, FINETUNE)]
-    assert [c for c in cells if c[0] == EQUAL] == [(EQUAL, 0, 1.0)]
+    assert [c for c in cells if c[0] == EQUAL] == [(EQUAL, seed, 1.0) for seed in (0, 1, 2)]  # a headline arm
     below = [c for c in cells if c[2] < 1.0]
     assert {c[1] for c in below} == {0} and len(below) == 6
-    assert cells.index(below[0]) > cells.index((EQUAL, 0, 1.0))
+    assert cells.index(below[0]) > cells.index((EQUAL, 2, 1.0))
 
 
 def test_headline_adds_the_spread_over_seeds():

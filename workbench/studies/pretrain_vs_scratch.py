@@ -82,15 +82,15 @@ PROFILES = {
                              fractions=(0.5, 1.0), target_train=16, target_val=8, source_tile=256, batch=8),
     # 2 CPU cores: what is known to learn here (yolov8n, BCCD at 416 px, batch 16, 20 epochs ~ 15 min per run;
     # smaller sets or batches do not learn platelets). The source is pretrained in the study on all 13 MoNuSeg
-    # tiles of ../shared (320 px patches, 30 epochs, ~12 min), once (seed 0) and shared by the three seeds;
-    # the committed source model saw only 8 tiles, and fine-tuning from it did not learn platelets.
-    # Equal compute adds the pretraining's pixels seen. 3 seeds x (scratch 20 + fine-tune 20) + equal compute
-    # (seed 0) + label efficiency (10/25/50 %, seed 0, both arms). The cells run headline first (every seed
-    # at 100 %), so a partial run still answers the main question.
+    # tiles of ../shared (320 px patches, 30 epochs, ~12 min), once (seed 0) and shared by the three seeds
+    # (an earlier source model on 8 tiles did not let the fine-tune learn platelets).
+    # Equal compute adds the pretraining's pixels seen (34 epochs). 3 seeds x (scratch 20 + fine-tune 20 +
+    # equal compute 34) + label efficiency (10/25/50 %, seed 0, both arms). The cells run headline first
+    # (every seed at 100 %), so a partial run still answers the main question.
     "cpu": TransferProfile("cpu", imgsz=416, finetune_epochs=20, seeds=(0, 1, 2), fractions=(0.1, 0.25, 0.5, 1.0),
                            batch=16, pretrain_epochs=30, source_tile=320, pretrain_imgsz=320, full_source=True,
                            source_seed=0,
-                           fraction_seeds=(0,), equal_seeds=(0,)),
+                           fraction_seeds=(0,)),
     # a GPU: all data, 640 px, three seeds, the full label-efficiency curve
     "full": TransferProfile("full", imgsz=640, pretrain_epochs=100, finetune_epochs=100,
                             source_tile=640, full_source=True),
