@@ -236,3 +236,13 @@ def test_map_is_scored_on_the_ranked_tables_and_the_rates_at_the_operating_point
                             classes=["WBC", "Platelets", "RBC"], group=None)
     assert [ax.get_title() for ax in figs["class_share"].axes[:2]] == ["ground truth (n=3)", "cascade output (n=2)"]
     assert figs["count_agreement"].axes[1].get_title() == "Platelets: MAE 0.50, bias -0.50"
+
+
+def test_the_caption_of_a_multi_seed_grid_does_not_call_it_one_seed(tmp_path):
+    study = it.IndependentTestStudy("bccd", profile="cpu", out_dir=tmp_path)
+    study.test_images, study.group_derived = 52, True  # what prepare() reads from the data
+    one = study.caption("count_agreement", {})
+    assert "one seed (0)" in one and "runs (" not in one
+    seeds = study.caption("count_agreement", {"variants": pd.DataFrame({"seed": [0, 1, 2]})})
+    assert "one seed" not in seeds and "3 runs (seed varied): this figure shows seed 0" in seeds
+    assert "rates_across_runs" in seeds and seeds.startswith(it.CAPTIONS["count_agreement"])

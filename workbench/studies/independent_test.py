@@ -282,14 +282,16 @@ class IndependentTestStudy(Study):
         common = (f"TEST split: {self.test_images} images never used for training, early stopping or threshold "
                   f"tuning (val chose the checkpoints; {chosen}); positive = {', '.join(self.positive)}; "
                   f"groups: {self.group_by or 'none'}{derived}. Detector {self.detector_run.name} ({init}), "
-                  f"classifier {self.classifier_run.name}; profile {p.name}, one seed ({p.seed}): both systems "
-                  f"share that detector and are compared on the same test images (CIs over images), so the "
-                  f"spread between training seeds is not part of these intervals.")
-        if "variants" in tables:
+                  f"classifier {self.classifier_run.name}; profile {p.name}")
+        if "variants" in tables:  # a grid's --vary: the figure shows one run, the tables hold them all
             v = tables["variants"]
-            common += (f" {len(v)} runs ({', '.join(v.columns)} varied): this figure shows {variant_label(v)}; "
-                       f"the tables rates_across_runs and detection_across_runs give the "
-                       f"spread over all of them.")
+            common += (f"; {len(v)} runs ({', '.join(v.columns)} varied): this figure shows {variant_label(v)}, "
+                       f"whose CIs are over test images only; the tables rates_across_runs and "
+                       f"detection_across_runs give the spread over all runs.")
+        else:
+            common += (f", one seed ({p.seed}): both systems share that detector and are compared on the same "
+                       f"test images (CIs over images), so the spread between training seeds is not part of "
+                       f"these intervals.")
         return CAPTIONS.get(name, "") + " " + common
 
     def settings(self) -> dict[str, Any]:
