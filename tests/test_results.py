@@ -82,6 +82,26 @@ def test_publish_grid_labels_a_partial_grid_and_trains_nothing(tmp_path, monkeyp
     pd.testing.assert_frame_equal(read_grid(study.grid_dir)[before.columns], before)  # publishing ran no cell
 
 
+@pytest.mark.slow  # cells run as processes
+def test_a_result_job_with_varied_fields_runs_every_variant_as_a_grid_and_publishes_them(tmp_path, monkeypatch):
+    """make results reproduces a multi-seed study (05: 3 seeds) the way it was published: as a grid
+    with --vary, every variant's rows in the published tables."""
+    import _grid_fake
+    from workbench.studies import results
+
+    monkeypatch.setenv("WORKBENCH_OUTPUTS", str(tmp_path / "outputs"))
+    tests = str(Path(__file__).resolve().parent)  # the cell processes import the fake study's module
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setattr(results, "RESULT_JOBS", (results.ResultJob("99_fake_grid", vary={"level": (0, 1)}),))
+    [out] = results.run_results(profile="two", log=lambda m: None)
+    table = pd.read_csv(out / "fake.csv")
+    assert sorted(zip(table["level"], table["cell"])) == [(0, "a"), (0, "b"), (1, "a"), (1, "b")]
+    grid = json.loads((out / "provenance.json").read_text())["grid"]
+    assert grid["done"] == grid["cells"] == 4
+    assert "--from-grid`" in (out / "README.md").read_text()
+    assert _grid_fake.FakeStudy(profile="two", log=lambda m: None).grid_dir.is_dir()  # resumable where it ran
+
+
 def test_summary_is_the_first_headline_table_when_the_study_has_no_summary_table(tmp_path):
     """08 has no ``summary`` table: summary.csv and the README lead with its headline table
     (mn_study), not with whichever table happens to be written first."""

@@ -35,13 +35,15 @@ class ResultJob:
 
     notebook: str
     params: dict[str, Any] = field(default_factory=dict)  # notebook parameters besides the profile
+    # profile fields run once per value (e.g. training seeds): the job runs as a grid with --vary
+    vary: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
 
 # The studies whose cpu profile answers its question on 2 CPU cores, in the order they run.
 RESULT_JOBS = (
     ResultJob("03_pretrain_vs_scratch", {"dataset": "bccd"}),
     ResultJob("04_model_size", {"dataset": "bccd"}),
-    ResultJob("05_independent_test", {"dataset": "bccd"}),
+    ResultJob("05_independent_test", {"dataset": "bccd"}, vary={"seed": (0, 1, 2)}),  # detector vs cascade: 3 seeds
     ResultJob("02_style_levels", {"dataset": "bccd"}),
     ResultJob("08_micronuclei", {}),
     ResultJob("07_large_images", {}),
@@ -64,6 +66,12 @@ def run_results(*, profile: str = "cpu", only: list[str] | None = None, device: 
             log(f"[results] {job.notebook}: skipped, it has no {profile!r} profile "
                 f"(it has {sorted(study_class(job.notebook).profiles)})")
             continue
+        if job.vary:  # several runs of one study: a grid (resumable), published from its cells
+            from workbench.studies.grid import run_grid
+
+            run_grid(_study(job, profile, device, log), vary=job.vary, progress=False, write_outputs=False)
+            done += [out] if (out := _publish_grid_job(job, profile=profile, device=device, log=log)) else []
+            continue
         params = {**job.params, "profile": profile, **({"device": device} if device else {})}
         t0 = time.perf_counter()
         executed = run_notebook(job.notebook, params)
@@ -80,29 +88,39 @@ def publish_grid(*, profile: str = "cpu", only: list[str] | None = None, device:
     sessions or machines, is published as it grows. The README and ``provenance.json`` say how many
     cells are done and name the others; the wall time is the finished cells' summed run time, with the
     earlier runs of cells re-run by ``--rerun``."""
+    return [out for job in _jobs(only) if (out := _publish_grid_job(job, profile=profile, device=device, log=log))]
+
+
+def _study(job: ResultJob, profile: str, device: str | None, log: Callable[[str], None]) -> Any:
+    """The job's study object at ``profile`` (nothing prepared or trained)."""
+    return study_class(job.notebook)(**job.params, profile=profile, device=device, log=log)
+
+
+def _publish_grid_job(job: ResultJob, *, profile: str, device: str | None,
+                      log: Callable[[str], None]) -> Path | None:
+    """Publish one job's grid (its finished cells); None when it has no grid or no finished cell."""
     from workbench.studies.grid import read_grid
 
-    done = []
-    for job in _jobs(only):
-        study = study_class(job.notebook)(**job.params, profile=profile, device=device, log=log)
-        if not (study.grid_dir / "grid.json").is_file():
-            log(f"[results] {job.notebook}: no grid at {study.grid_dir} (run 'python -m workbench grid "
-                f"{job.notebook} --profile {profile}' first)")
-            continue
-        cells = read_grid(study.grid_dir)
-        finished = cells[cells["state"] == "done"]
-        if finished.empty:
-            log(f"[results] {job.notebook}: no finished cell yet in {study.grid_dir}")
-            continue
-        study.write_outputs(study.result_from_grid())
-        grid = {"folder": str(study.grid_dir), "cells": len(cells), "done": len(finished),
-                "not_done": {str(r.cell): str(r.state) for r in cells[cells["state"] != "done"].itertuples()}}
-        params = {**job.params, "profile": profile}
-        # a re-run cell (--rerun) reuses its trained run: its first run's time is part of the cost
-        spent = finished["duration_s"].fillna(0).sum() + finished["earlier_runs_s"].fillna(0).sum()
-        done.append(publish(study.results_dir, job.notebook, wall_s=float(spent), params=params, grid=grid))
-        log(f"[results] {job.notebook} ({profile}): {len(finished)} of {len(cells)} grid cells -> {done[-1]}")
-    return done
+    study = _study(job, profile, device, log)
+    if not (study.grid_dir / "grid.json").is_file():
+        vary = "".join(f" --vary {k}={','.join(map(str, v))}" for k, v in job.vary.items())
+        log(f"[results] {job.notebook}: no grid at {study.grid_dir} (run 'python -m workbench grid "
+            f"{job.notebook} --profile {profile}{vary}' first)")
+        return None
+    cells = read_grid(study.grid_dir)
+    finished = cells[cells["state"] == "done"]
+    if finished.empty:
+        log(f"[results] {job.notebook}: no finished cell yet in {study.grid_dir}")
+        return None
+    study.write_outputs(study.result_from_grid())
+    grid = {"folder": str(study.grid_dir), "cells": len(cells), "done": len(finished),
+            "not_done": {str(r.cell): str(r.state) for r in cells[cells["state"] != "done"].itertuples()}}
+    params = {**job.params, "profile": profile}
+    # a re-run cell (--rerun) reuses its trained run: its first run's time is part of the cost
+    spent = finished["duration_s"].fillna(0).sum() + finished["earlier_runs_s"].fillna(0).sum()
+    out = publish(study.results_dir, job.notebook, wall_s=float(spent), params=params, grid=grid)
+    log(f"[results] {job.notebook} ({profile}): {len(finished)} of {len(cells)} grid cells -> {out}")
+    return out
 
 
 def _jobs(only: list[str] | None) -> list[ResultJob]:
