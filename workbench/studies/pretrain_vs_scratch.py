@@ -362,10 +362,11 @@ def target_classes(runs: pd.DataFrame) -> list[str]:
 
 
 def by_arm(runs: pd.DataFrame) -> pd.DataFrame:
-    """Test scores per arm and fraction (pretraining left out): mean, min, max over seeds, and the seeds."""
+    """Test scores per arm and fraction (pretraining left out): mean, min, max over seeds, and the seeds
+    (not rounded: a table rounded here and again for display would disagree with the figures)."""
     r = runs[runs["arm"] != PRETRAIN]
     values = ["map50", "map50_95", *target_classes(r), "duration_s"]
-    t = r.groupby(["arm", "fraction"])[[v for v in values if v in r.columns]].agg(["mean", "min", "max"]).round(4)
+    t = r.groupby(["arm", "fraction"])[[v for v in values if v in r.columns]].agg(["mean", "min", "max"])
     t.columns = [f"{metric}_{stat}" for metric, stat in t.columns]
     return t.join(r.groupby(["arm", "fraction"])["seed"].nunique().rename("n_seeds")).reset_index()
 
