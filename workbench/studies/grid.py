@@ -318,7 +318,8 @@ def _progress(total: int, done: int, enabled: bool, engine: str):
 
 def gather(cells: Sequence[GridCell]) -> pd.DataFrame:
     """``grid.csv``: one row per cell. Config and varied fields, state, host, GPU ids, times and
-    error from ``status.json``, the time of earlier runs set aside by ``--rerun``, and the cell's metrics (numeric means when it returned several rows)."""
+    error from ``status.json``, the time of earlier runs set aside by ``--rerun``, and the cell's
+    metrics (numeric means when it returned several rows)."""
     out = []
     for gc in cells:
         status, rows = read_status(gc.dir), read_rows(gc.dir) if is_done(gc.dir) else None
