@@ -22,7 +22,7 @@ import pandas as pd
 from workbench.core.atomic import new_folder, write_text
 from workbench.core.paths import PROJECT_ROOT, outputs_dir
 from workbench.core.tables import utc_now
-from workbench.studies.base import STUDY_FILE, study_class
+from workbench.studies.base import STUDY_FILE, Study, study_class
 
 RESULTS_DIR_NAME = "results"
 MAX_TABLE_BYTES = 2_000_000  # larger CSVs (e.g. every predicted box) stay in outputs/notebooks, not in git
@@ -91,7 +91,7 @@ def publish_grid(*, profile: str = "cpu", only: list[str] | None = None, device:
     return [out for job in _jobs(only) if (out := _publish_grid_job(job, profile=profile, device=device, log=log))]
 
 
-def _study(job: ResultJob, profile: str, device: str | None, log: Callable[[str], None]) -> Any:
+def _study(job: ResultJob, profile: str, device: str | None, log: Callable[[str], None]) -> Study:
     """The job's study object at ``profile`` (nothing prepared or trained)."""
     return study_class(job.notebook)(**job.params, profile=profile, device=device, log=log)
 
